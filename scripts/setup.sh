@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building and testing eventrelay needs on a fresh Debian machine with a Rust
+# toolchain: C build tools for librdkafka, Python clients for the end-to-end tests, and the
+# tansu broker (built once with cargo, ~25 minutes, then reused).
+#   scripts/setup.sh            build deps + Python clients
+#   scripts/setup.sh --tansu    also tansu
+set -euo pipefail
+need_apt=()
+for cmd in gcc g++ make perl python3 curl; do
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
+done
+if ((${#need_apt[@]})); then
+  pkgs=()
+  for c in "${need_apt[@]}"; do
+    case "$c" in
+      gcc|g++|make) pkgs+=(build-essential) ;;
+      python3) pkgs+=(python3 python3-pip) ;;
+      *) pkgs+=("$c") ;;
+    esac
+  done
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${pkgs[@]}"
+fi
+if ! python3 -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python \
+    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python
+fi
+if [ "${1:-}" = "--tansu" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "installing tansu 0.6.0 (about 25 minutes, once per machine)..." >&2
+    cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
+  fi
+fi

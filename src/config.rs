@@ -1,0 +1,397 @@
+//! Configuration: one TOML file, every key overridable from the environment.
+//!
+//! `EVENTRELAY_<SECTION>__<KEY>` overrides `[section] key` (nested sections join with `__`, e.g.
+//! `EVENTRELAY_DESTINATIONS__SEG__WEBSITE_ID`). Unknown keys and bad values fail at start with a
+//! message that names the key, so a typo never silently turns a destination off.
+
+use crate::destinations::{ConfigError, Destination, REGISTRY};
+use anyhow::{anyhow, bail, Context, Result};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[kafka]`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[map]`: the map stage's worker pool.
+    #[serde(default)]
+    pub map: MapConfig,
+    /// `[destinations.<name>]`: a destination with no section is off.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, toml::Table>,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Broker list; absent means an embedded in-process cluster (librdkafka's mock).
+    pub bootstrap_servers: Option<String>,
+    /// Consumer group of the map stage; the send stage uses `<group_id>.send.<destination>`.
+    pub group_id: String,
+    /// Raw Segment events.
+    pub input_topic: String,
+    /// Invalid input and rejected events.
+    pub input_dlq_topic: String,
+    /// Destination topics are `<prefix><destination>` (`dest.owneriq`).
+    pub destination_topic_prefix: String,
+    /// Partitions for topics eventrelay creates.
+    pub partitions: i32,
+    /// Replication factor for topics eventrelay creates.
+    pub replication_factor: i32,
+    /// Map stage with a transactional producer: each input record's outputs are committed
+    /// atomically with its offset.
+    pub exactly_once: bool,
+    /// Passed to librdkafka as is (security, SASL, tuning).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: None,
+            group_id: "eventrelay".into(),
+            input_topic: "segment.events".into(),
+            input_dlq_topic: "segment.events.dlq".into(),
+            destination_topic_prefix: "dest.".into(),
+            partitions: 4,
+            replication_factor: 1,
+            exactly_once: false,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// `dest.<name>`.
+    pub fn destination_topic(&self, name: &str) -> String {
+        format!("{}{name}", self.destination_topic_prefix)
+    }
+    /// `dest.<name>.retry`.
+    pub fn retry_topic(&self, name: &str) -> String {
+        format!("{}{name}.retry", self.destination_topic_prefix)
+    }
+    /// `dest.<name>.dlq`.
+    pub fn dlq_topic(&self, name: &str) -> String {
+        format!("{}{name}.dlq", self.destination_topic_prefix)
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[map]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapConfig {
+    /// Worker threads; 0 means the number of cores.
+    pub workers: usize,
+    /// Input records read but not yet acknowledged, across all partitions; consumption pauses
+    /// at this bound so memory stays flat when the broker slows.
+    pub max_in_flight: usize,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig {
+            workers: 0,
+            max_in_flight: 20_000,
+        }
+    }
+}
+
+impl MapConfig {
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            self.workers
+        }
+    }
+}
+
+/// Delivery settings every destination section may carry beside its own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Requests per second, if limited.
+    pub rate_limit: Option<u32>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Quick retries in place before handing off to the retry topic.
+    pub in_place_retries: usize,
+    /// First backoff delay (in place, and the first retry-topic delay).
+    pub backoff_min: Duration,
+    /// Largest retry-topic delay.
+    pub backoff_max: Duration,
+    /// How long after the first attempt a record may still be retried (Segment: 4 hours).
+    pub retry_window: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: 64,
+            rate_limit: None,
+            timeout: Duration::from_secs(10),
+            in_place_retries: 2,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(300),
+            retry_window: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// Delivery keys, with how to read them; everything else in the section is the destination's.
+const DELIVERY_KEYS: &[&str] = &[
+    "concurrency",
+    "rate_limit",
+    "timeout_ms",
+    "in_place_retries",
+    "backoff_min_ms",
+    "backoff_max_ms",
+    "retry_window_secs",
+];
+
+fn positive(t: &toml::Table, key: &str) -> Result<Option<u64>, ConfigError> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
+        Some(_) => Err(ConfigError::new(key, "must be a non-negative integer")),
+    }
+}
+
+impl DeliveryConfig {
+    fn from_table(t: &toml::Table) -> Result<Self, ConfigError> {
+        let mut d = DeliveryConfig::default();
+        if let Some(v) = positive(t, "concurrency")? {
+            if v == 0 {
+                return Err(ConfigError::new("concurrency", "must be at least 1"));
+            }
+            d.concurrency = v as usize;
+        }
+        if let Some(v) = positive(t, "rate_limit")? {
+            d.rate_limit = (v > 0).then_some(v.min(u32::MAX as u64) as u32);
+        }
+        if let Some(v) = positive(t, "timeout_ms")? {
+            d.timeout = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = positive(t, "in_place_retries")? {
+            d.in_place_retries = v as usize;
+        }
+        if let Some(v) = positive(t, "backoff_min_ms")? {
+            d.backoff_min = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = positive(t, "backoff_max_ms")? {
+            d.backoff_max = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = positive(t, "retry_window_secs")? {
+            d.retry_window = Duration::from_secs(v);
+        }
+        if d.backoff_max < d.backoff_min {
+            return Err(ConfigError::new(
+                "backoff_max_ms",
+                "must not be smaller than backoff_min_ms",
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// One enabled destination: the mapper/request builder and its delivery settings.
+#[derive(Clone)]
+pub struct EnabledDestination {
+    /// The destination.
+    pub dest: Arc<dyn Destination>,
+    /// How to deliver to it.
+    pub delivery: DeliveryConfig,
+}
+
+impl Config {
+    /// Load from a TOML file plus environment overrides, and validate.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut fig = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let fig = fig.merge(
+            Env::prefixed("EVENTRELAY_")
+                .split("__")
+                .filter(|k| k.as_str().contains('.')),
+        );
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text (no environment), for tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let cfg: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every value; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let k = &self.kafka;
+        for (key, v) in [
+            ("kafka.group_id", &k.group_id),
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.input_dlq_topic", &k.input_dlq_topic),
+            (
+                "kafka.destination_topic_prefix",
+                &k.destination_topic_prefix,
+            ),
+        ] {
+            if v.trim().is_empty() {
+                bail!("invalid configuration: {key} must not be empty");
+            }
+        }
+        if let Some(b) = &k.bootstrap_servers {
+            if b.trim().is_empty() {
+                bail!("invalid configuration: kafka.bootstrap_servers must not be empty (remove it for the embedded cluster)");
+            }
+        }
+        if k.partitions < 1 {
+            bail!("invalid configuration: kafka.partitions must be at least 1");
+        }
+        if k.replication_factor < 1 {
+            bail!("invalid configuration: kafka.replication_factor must be at least 1");
+        }
+        self.metrics.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "invalid configuration: metrics.listen {:?} is not an address like 127.0.0.1:9464",
+                self.metrics.listen
+            )
+        })?;
+        if self.map.max_in_flight == 0 {
+            bail!("invalid configuration: map.max_in_flight must be at least 1");
+        }
+        self.destinations()?;
+        Ok(())
+    }
+
+    /// The enabled destinations, in registry order.
+    pub fn destinations(&self) -> Result<Vec<EnabledDestination>> {
+        if let Some(name) = self
+            .destinations
+            .keys()
+            .find(|n| !REGISTRY.iter().any(|(r, _)| r == n))
+        {
+            let known: Vec<&str> = REGISTRY.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "invalid configuration: destinations.{name}: unknown destination (known: {})",
+                known.join(", ")
+            );
+        }
+        let mut out = Vec::new();
+        for (name, ctor) in REGISTRY {
+            let Some(section) = self.destinations.get(*name) else {
+                continue;
+            };
+            let in_section = |e: ConfigError| {
+                anyhow!(
+                    "invalid configuration: destinations.{name}.{}: {}",
+                    e.key,
+                    e.message
+                )
+            };
+            let delivery = DeliveryConfig::from_table(section).map_err(in_section)?;
+            let own: toml::Table = section
+                .iter()
+                .filter(|(k, _)| !DELIVERY_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let dest = ctor(&own).map_err(in_section)?;
+            out.push(EnabledDestination { dest, delivery });
+        }
+        Ok(out)
+    }
+}
+
+/// Build every destination in the registry from one table per name (tests, benches).
+pub fn destinations_from(tables: &[(&str, toml::Table)]) -> Result<Vec<Arc<dyn Destination>>> {
+    let mut cfg = Config::default();
+    for (n, t) in tables {
+        cfg.destinations.insert(n.to_string(), t.clone());
+    }
+    Ok(cfg.destinations()?.into_iter().map(|d| d.dest).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(err("[destinations.seg]\nwebsite_id = \"nope\"")
+            .contains("destinations.seg.website_id"));
+        assert!(err(
+            "[destinations.owneriq]\ndata_group_id=\"a\"\nanalytics_tag_id=\"b\"\ndct_tag_id=\"\""
+        )
+        .contains("destinations.owneriq.dct_tag_id"));
+        assert!(err("[kafka]\ngroup_idd = \"x\"").contains("group_idd"));
+        assert!(err("[destinations.nope]\n").contains("destinations.nope"));
+        assert!(err(
+            "[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nwebsiteid=1"
+        )
+        .contains("destinations.seg.websiteid"));
+        assert!(err("[metrics]\nlisten = \"here\"").contains("metrics.listen"));
+        assert!(err("[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=0")
+            .contains("destinations.seg.concurrency"));
+    }
+
+    #[test]
+    fn destination_without_section_is_off() {
+        let cfg = Config::from_toml(
+            "[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=8",
+        )
+        .unwrap();
+        let d = cfg.destinations().unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].dest.name(), "seg");
+        assert_eq!(d[0].delivery.concurrency, 8);
+    }
+}

@@ -1,0 +1,244 @@
+//! Destinations: one module per destination, one trait they all implement, one registry.
+//!
+//! A destination does two pure things: it **maps** an [`Event`] to a record payload (or skips
+//! or rejects it), and it **builds** the HTTP request for a record from its current settings.
+//! The map stage calls the first, the send stage and `eventrelay map` call the second, so what
+//! `map` prints is exactly what the sender sends.
+//!
+//! Adding a destination: write `destinations/<name>.rs` implementing [`Destination`] and add one
+//! line to [`REGISTRY`].
+
+pub mod owneriq;
+pub mod seg;
+
+use crate::event::Event;
+use crate::record::{record::Payload, EventTimes, Record, Source};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// What a mapper decided for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapOutcome {
+    /// Deliver these payloads (usually one).
+    Deliver(Vec<Payload>),
+    /// Normal traffic the destination does not take; counted, nothing else.
+    Skip(&'static str),
+    /// A data problem: the event goes to the input dead-letter topic with this reason.
+    Reject(&'static str),
+}
+
+/// An HTTP request ready to send. Headers keep their order so output is deterministic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Absolute URL.
+    pub url: String,
+    /// Header name/value pairs.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body bytes (JSON), if any.
+    pub body: Option<Vec<u8>>,
+}
+
+/// How a destination answered, as far as retries are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerClass {
+    /// Delivered.
+    Success,
+    /// Try again later (408, 423, 429, 5xx except 501, connection errors, timeouts).
+    Retryable,
+    /// Will never succeed as is (other 4xx, 501, unexpected codes): dead-letter it.
+    Permanent,
+}
+
+/// Segment's classification of HTTP status codes (SPEC §3), shared by all destinations.
+pub fn classify_status(status: u16) -> AnswerClass {
+    match status {
+        200..=299 => AnswerClass::Success,
+        408 | 423 | 429 => AnswerClass::Retryable,
+        501 => AnswerClass::Permanent,
+        500..=599 => AnswerClass::Retryable,
+        _ => AnswerClass::Permanent,
+    }
+}
+
+/// Why a request could not be built from a record (a record from another version or a
+/// corrupted topic); the record is dead-lettered with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct BuildError {
+    /// Stable reason code.
+    pub reason: &'static str,
+    /// Detail.
+    pub message: String,
+}
+
+/// A destination: pure mapping plus request building.
+pub trait Destination: Send + Sync {
+    /// Registry name: config section, topic suffix, metric label (`owneriq`).
+    fn name(&self) -> &'static str;
+    /// The key in a Segment event's `integrations` object (`OwnerIQ`).
+    fn integration_key(&self) -> &'static str;
+    /// Map one event. Pure: no I/O, no clock, no randomness.
+    fn map(&self, event: &Event) -> MapOutcome;
+    /// Build the HTTP request for a record with the current settings.
+    fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError>;
+    /// Classify an HTTP status. Defaults to Segment's rules.
+    fn classify(&self, status: u16) -> AnswerClass {
+        classify_status(status)
+    }
+}
+
+/// Constructor of a destination from its config section (the keys the destination owns).
+pub type Constructor = fn(&toml::Table) -> Result<Arc<dyn Destination>, ConfigError>;
+
+/// Every destination eventrelay knows: (name, constructor). One line per destination.
+pub const REGISTRY: &[(&str, Constructor)] = &[
+    ("owneriq", owneriq::OwnerIq::from_config),
+    ("seg", seg::Seg::from_config),
+];
+
+/// A bad destination setting; `key` is the setting's name inside the section.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The setting, relative to the destination section.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A config error for `key`.
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Read a required non-empty string setting.
+pub fn required_str(t: &toml::Table, key: &str) -> Result<String, ConfigError> {
+    match t.get(key) {
+        None => Err(ConfigError::new(key, "is required")),
+        Some(toml::Value::String(s)) if s.trim().is_empty() => {
+            Err(ConfigError::new(key, "must not be empty"))
+        }
+        Some(toml::Value::String(s)) => Ok(s.trim().to_string()),
+        Some(_) => Err(ConfigError::new(key, "must be a string")),
+    }
+}
+
+/// Read an optional endpoint setting: an absolute http(s) URL, trailing `/` removed.
+pub fn endpoint(t: &toml::Table, default: &str) -> Result<String, ConfigError> {
+    let raw = match t.get("endpoint") {
+        None => return Ok(default.to_string()),
+        Some(toml::Value::String(s)) => s.trim().to_string(),
+        Some(_) => return Err(ConfigError::new("endpoint", "must be a string")),
+    };
+    let parsed = url::Url::parse(&raw)
+        .map_err(|e| ConfigError::new("endpoint", format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ConfigError::new(
+            "endpoint",
+            format!("{raw:?} must be an http or https URL"),
+        ));
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// Reject keys a destination does not know.
+pub fn deny_unknown(t: &toml::Table, known: &[&str]) -> Result<(), ConfigError> {
+    match t.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ConfigError::new(
+            k,
+            format!("unknown setting (known: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Build a record envelope around a payload for `event`.
+pub fn envelope(
+    dest: &str,
+    event: &Event,
+    source: Option<Source>,
+    received_at_ms: i64,
+    payload: Payload,
+) -> Record {
+    let s = |k: &str| event.str_field(k).unwrap_or_default().to_string();
+    Record {
+        message_id: event.message_id.clone(),
+        user_key: event.user_key().to_string(),
+        destination: dest.to_string(),
+        event_type: event.kind.as_str().to_string(),
+        event_name: event.event_name().unwrap_or_default().to_string(),
+        source,
+        times: Some(EventTimes {
+            timestamp: s("timestamp"),
+            original_timestamp: s("originalTimestamp"),
+            sent_at: s("sentAt"),
+            received_at: s("receivedAt"),
+        }),
+        received_at_ms,
+        payload: Some(payload),
+    }
+}
+
+/// What happened to one event at one destination, ready for output or production.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// Records to produce.
+    Records(Vec<Record>),
+    /// Skipped with a reason (including `disabled` by the integrations object).
+    Skipped(&'static str),
+    /// Rejected with a reason.
+    Rejected(&'static str),
+}
+
+/// Apply the integrations object and the mapper for one destination.
+pub fn route(
+    dest: &dyn Destination,
+    event: &Event,
+    source: Option<&Source>,
+    received_at_ms: i64,
+) -> Routed {
+    if !event.enabled_for(dest.integration_key()) {
+        return Routed::Skipped("disabled");
+    }
+    match dest.map(event) {
+        MapOutcome::Deliver(payloads) => Routed::Records(
+            payloads
+                .into_iter()
+                .map(|p| envelope(dest.name(), event, source.cloned(), received_at_ms, p))
+                .collect(),
+        ),
+        MapOutcome::Skip(r) => Routed::Skipped(r),
+        MapOutcome::Reject(r) => Routed::Rejected(r),
+    }
+}
+
+/// Render a JSON scalar the way the destinations want it in text: strings as is, numbers in
+/// their JSON form, booleans as `true`/`false`, arrays and objects as compact JSON.
+/// `None` for null (an absent value).
+pub fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The common request headers every destination sends.
+pub fn common_headers(record: &Record) -> Vec<(&'static str, String)> {
+    vec![
+        ("Idempotency-Key", record.message_id.clone()),
+        (
+            "User-Agent",
+            concat!("eventrelay/", env!("CARGO_PKG_VERSION")).to_string(),
+        ),
+    ]
+}

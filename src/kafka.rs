@@ -1,0 +1,390 @@
+//! Kafka plumbing shared by the stages: client configuration, topic creation, the embedded
+//! in-process cluster, and the per-partition offset tracker that makes commits safe.
+
+use crate::config::{Config, KafkaConfig};
+use anyhow::{anyhow, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::mocking::MockCluster;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Base client config: bootstrap servers plus the user's `[kafka.properties]`.
+pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c.set("client.id", "eventrelay");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Every topic the configuration uses: input, input DLQ, and per destination its topic,
+/// retry topic and DLQ.
+pub fn all_topics(cfg: &Config) -> Result<Vec<String>> {
+    let k = &cfg.kafka;
+    let mut topics = vec![k.input_topic.clone(), k.input_dlq_topic.clone()];
+    for d in cfg.destinations()? {
+        let n = d.dest.name();
+        topics.push(k.destination_topic(n));
+        topics.push(k.retry_topic(n));
+        topics.push(k.dlq_topic(n));
+    }
+    Ok(topics)
+}
+
+/// Create missing topics with the admin API (tansu and real Kafka; the mock cluster has none
+/// and is handled by [`Embedded`]). Existing topics are left as they are.
+pub async fn ensure_topics(kafka: &KafkaConfig, bootstrap: &str, topics: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, bootstrap)
+        .create()
+        .context("creating Kafka admin client")?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                kafka.partitions,
+                TopicReplication::Fixed(kafka.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .context("creating topics")?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, partitions = kafka.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(anyhow!("creating topic {t}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka's mock cluster running in the process (real Kafka protocol on 127.0.0.1).
+///
+/// `MockCluster` is not `Send`, so it lives on its own thread for the life of this handle.
+pub struct Embedded {
+    bootstrap: String,
+    commands: mpsc::Sender<EmbeddedCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum EmbeddedCommand {
+    CreateTopic(String, i32, mpsc::Sender<Result<()>>),
+}
+
+impl Embedded {
+    /// Start a one-broker cluster and create `topics` with `partitions` partitions each.
+    pub fn start(topics: &[String], partitions: i32) -> Result<Embedded> {
+        let (boot_tx, boot_rx) = mpsc::channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<EmbeddedCommand>();
+        let topics = topics.to_vec();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = boot_tx.send(Err(anyhow!("starting embedded Kafka: {e}")));
+                        return;
+                    }
+                };
+                for t in &topics {
+                    if let Err(e) = cluster.create_topic(t, partitions, 1) {
+                        let _ = boot_tx.send(Err(anyhow!("creating topic {t}: {e}")));
+                        return;
+                    }
+                }
+                let _ = boot_tx.send(Ok(cluster.bootstrap_servers()));
+                // Serve commands until every sender is gone.
+                while let Ok(cmd) = cmd_rx.recv() {
+                    match cmd {
+                        EmbeddedCommand::CreateTopic(t, p, reply) => {
+                            let r = cluster
+                                .create_topic(&t, p, 1)
+                                .map_err(|e| anyhow!("creating topic {t}: {e}"));
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+            })
+            .context("spawning embedded Kafka thread")?;
+        let bootstrap = boot_rx
+            .recv()
+            .map_err(|_| anyhow!("embedded Kafka thread died"))??;
+        Ok(Embedded {
+            bootstrap,
+            commands: cmd_tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// The `bootstrap.servers` string clients (ours and outside ones) connect to.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Create one more topic.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(EmbeddedCommand::CreateTopic(topic.into(), partitions, tx))
+            .map_err(|_| anyhow!("embedded Kafka stopped"))?;
+        rx.recv().map_err(|_| anyhow!("embedded Kafka stopped"))?
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Closing the command channel ends the thread, which drops the cluster.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-partition tracking of records read but not finished, so that a partition's committed
+/// offset never passes a record that is not finished (SPEC §1).
+///
+/// Each record is registered when read, with a count of outstanding pieces of work (one
+/// "mapping" token, later replaced by its produced records). Acknowledgements may arrive in any
+/// order. The committable offset is the lowest unfinished offset, or one past the highest read.
+/// An epoch per assignment makes acknowledgements for a partition that was revoked and
+/// re-assigned in between harmless.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: HashMap<(String, i32), PartState>,
+    pending_total: usize,
+}
+
+#[derive(Debug, Default)]
+struct PartState {
+    epoch: u64,
+    pending: BTreeMap<i64, u32>,
+    next: Option<i64>,
+    committed: Option<i64>,
+    /// Lowest offset whose output failed for good: commits never pass it.
+    failed: Option<i64>,
+}
+
+/// Identifies one record's tracking slot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// Topic read from.
+    pub topic: String,
+    /// Partition read from.
+    pub partition: i32,
+    /// Offset read.
+    pub offset: i64,
+    /// Assignment epoch at read time.
+    pub epoch: u64,
+}
+
+impl OffsetTracker {
+    /// Start (or restart) tracking a partition after an assignment; returns its new epoch.
+    pub fn assign(&mut self, topic: &str, partition: i32) -> u64 {
+        let key = (topic.to_string(), partition);
+        let old = self.parts.remove(&key).unwrap_or_default();
+        self.pending_total -= old.pending.len();
+        let epoch = old.epoch + 1;
+        self.parts.insert(
+            key,
+            PartState {
+                epoch,
+                ..Default::default()
+            },
+        );
+        epoch
+    }
+
+    /// Stop tracking a revoked partition.
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+            self.pending_total -= p.pending.len();
+            p.pending.clear();
+            p.next = None;
+            p.committed = None;
+            p.failed = None;
+            p.epoch += 1;
+        }
+    }
+
+    /// Register a record read with `work` outstanding pieces; `None` if the partition is not
+    /// assigned (a record from before a revoke).
+    pub fn register(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        work: u32,
+    ) -> Option<Slot> {
+        let p = self.parts.get_mut(&(topic.to_string(), partition))?;
+        if work > 0 && p.pending.insert(offset, work).is_none() {
+            self.pending_total += 1;
+        }
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Some(Slot {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            epoch: p.epoch,
+        })
+    }
+
+    /// Add (`delta > 0`) or finish (`delta < 0`) pieces of work for a record.
+    pub fn adjust(&mut self, slot: &Slot, delta: i64) {
+        let Some(p) = self.parts.get_mut(&(slot.topic.clone(), slot.partition)) else {
+            return;
+        };
+        if p.epoch != slot.epoch {
+            return;
+        }
+        if let Some(n) = p.pending.get_mut(&slot.offset) {
+            let v = *n as i64 + delta;
+            if v <= 0 {
+                p.pending.remove(&slot.offset);
+                self.pending_total -= 1;
+            } else {
+                *n = v as u32;
+            }
+        }
+    }
+
+    /// A piece of work failed for good (a produce that will never be acknowledged): the
+    /// partition's committed offset must stay before it until the process restarts.
+    pub fn fail(&mut self, slot: &Slot) {
+        if let Some(p) = self.parts.get_mut(&(slot.topic.clone(), slot.partition)) {
+            if p.epoch == slot.epoch {
+                p.failed = Some(p.failed.map_or(slot.offset, |f| f.min(slot.offset)));
+            }
+        }
+    }
+
+    /// Whether any produce failed for good.
+    pub fn has_failed(&self) -> bool {
+        self.parts.values().any(|p| p.failed.is_some())
+    }
+
+    /// Records read and not finished, over all partitions.
+    pub fn pending(&self) -> usize {
+        self.pending_total
+    }
+
+    /// Records not finished in the given partitions.
+    pub fn pending_in(&self, tpl: &TopicPartitionList) -> usize {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.parts.get(&(e.topic().to_string(), e.partition())))
+            .map(|p| p.pending.len())
+            .sum()
+    }
+
+    fn committable(p: &PartState) -> Option<i64> {
+        let c = match p.pending.keys().next() {
+            Some(&lowest) => Some(lowest),
+            None => p.next,
+        };
+        match (c, p.failed) {
+            (Some(c), Some(f)) => Some(c.min(f)),
+            (c, _) => c,
+        }
+    }
+
+    /// Offsets to commit (next offset to read, Kafka's convention) for partitions whose
+    /// committable offset moved since the last call; `only` restricts to some partitions.
+    pub fn take_commits(
+        &mut self,
+        only: Option<&TopicPartitionList>,
+    ) -> Option<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), p) in self.parts.iter_mut() {
+            if let Some(only) = only {
+                if only.find_partition(topic, *partition).is_none() {
+                    continue;
+                }
+            }
+            if let Some(c) = Self::committable(p) {
+                if p.committed != Some(c) {
+                    let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(c));
+                    p.committed = Some(c);
+                }
+            }
+        }
+        (tpl.count() > 0).then_some(tpl)
+    }
+
+    /// Forget that offsets were committed (a commit failed), so the next call retries them.
+    pub fn uncommit(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            if let Some(p) = self.parts.get_mut(&(e.topic().to_string(), e.partition())) {
+                p.committed = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(t: &mut OffsetTracker) -> Vec<(i32, i64)> {
+        let mut v: Vec<(i32, i64)> = t
+            .take_commits(None)
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commits_stop_at_the_first_unfinished_record() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 0);
+        let a = t.register("in", 0, 10, 1).unwrap();
+        let b = t.register("in", 0, 11, 1).unwrap();
+        let c = t.register("in", 0, 12, 1).unwrap();
+        t.adjust(&b, -1);
+        t.adjust(&c, -1);
+        assert_eq!(offsets(&mut t), vec![(0, 10)]);
+        t.adjust(&a, 1); // a produced two records instead of one token
+        t.adjust(&a, -1);
+        assert_eq!(offsets(&mut t), vec![]);
+        t.adjust(&a, -1);
+        assert_eq!(offsets(&mut t), vec![(0, 13)]);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn stale_epochs_are_ignored_and_failures_hold_the_offset() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 1);
+        let old = t.register("in", 1, 5, 1).unwrap();
+        t.revoke("in", 1);
+        t.assign("in", 1);
+        let new = t.register("in", 1, 7, 1).unwrap();
+        t.adjust(&old, -1);
+        assert_eq!(t.pending(), 1);
+        t.fail(&new);
+        t.adjust(&new, -1);
+        assert!(t.has_failed());
+        assert_eq!(offsets(&mut t), vec![(1, 7)]);
+    }
+}

@@ -1,0 +1,21 @@
+//! eventrelay: delivers raw Segment events from Kafka to Segment-style destinations.
+//!
+//! The crate is laid out by stage, as the data flows:
+//! - [`event`]: the Segment event model and its validation;
+//! - [`destinations`]: one module per destination (pure mapping and request building);
+//! - [`record`]: the protobuf record written to `dest.<destination>` topics (`proto/`);
+//! - [`pipeline`]: the map stage (consumer group → worker pool → destination topics);
+//! - [`config`], [`cli`]: the TOML configuration and the command line.
+
+pub mod cli;
+pub mod config;
+pub mod destinations;
+pub mod event;
+pub mod kafka;
+pub mod pipeline;
+
+/// The destination-ready record schema, generated from `proto/record.proto`.
+pub mod record {
+    #![allow(missing_docs, clippy::module_inception)]
+    include!(concat!(env!("OUT_DIR"), "/eventrelay.v1.rs"));
+}

@@ -1,0 +1,661 @@
+//! The map stage on Kafka: consumer group → worker pool → `dest.<destination>` topics.
+//!
+//! Threads, and why:
+//! - the **consumer thread** (the caller's) polls the input topic, registers each record with the
+//!   [`OffsetTracker`] and routes it to a worker by the hash of its key, so one user's events are
+//!   mapped and produced in input order. It commits what the tracker says is finished and pauses
+//!   the input when `map.max_in_flight` records are unfinished, so memory stays flat;
+//! - **workers** parse, map and hand records to the producer (CPU work, one thread per core);
+//! - the **producer's thread** runs delivery callbacks, which finish work in the tracker.
+//!
+//! Input offsets are committed only when every record produced from them, and from every earlier
+//! offset of the partition, is acknowledged (acks=all, idempotent producer). With
+//! `kafka.exactly_once` the producer is transactional and offsets are committed inside the
+//! transaction instead.
+
+use crate::config::Config;
+use crate::destinations::{Destination, Routed};
+use crate::event::now_millis;
+use crate::kafka::{client_config, OffsetTracker, Slot};
+use crate::pipeline::map_input;
+use crate::record::Source;
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts the demo and tests read; Prometheus metrics are recorded alongside.
+#[derive(Debug, Default)]
+pub struct MapStats {
+    /// Input records read.
+    pub consumed: AtomicU64,
+    /// Input records that were not valid events.
+    pub invalid: AtomicU64,
+    /// Per (destination, outcome): `produced`, `skipped:<reason>`, `rejected:<reason>`.
+    pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl MapStats {
+    /// A snapshot of the per-destination outcome counts.
+    pub fn outcomes(&self) -> BTreeMap<(String, String), u64> {
+        self.outcomes.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// State shared by the consumer thread, the workers and the producer callbacks.
+struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    progress: Condvar,
+}
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut OffsetTracker) -> T) -> T {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut t);
+        drop(t);
+        r
+    }
+
+    /// Wait until `done(tracker)` or the deadline; returns whether it became true.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        while !done(&t) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            t = self
+                .progress
+                .wait_timeout(t, left.min(Duration::from_millis(50)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+}
+
+/// Producer context: delivery reports finish work in the tracker.
+struct ProduceCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ProduceCtx {}
+
+impl ProducerContext for ProduceCtx {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
+        match result {
+            Ok(_) => self.shared.with(|t| t.adjust(&slot, -1)),
+            Err((e, m)) => {
+                tracing::error!(error = %e, topic = m.topic(), input_offset = slot.offset,
+                    "produce failed for good; the input offset will not be committed past it");
+                self.shared.with(|t| t.fail(&slot));
+            }
+        }
+        self.shared.progress.notify_all();
+    }
+}
+
+type Producer_ = ThreadedProducer<ProduceCtx>;
+
+/// Consumer context: rebalance hooks that finish and commit before partitions go away.
+struct ConsumeCtx {
+    shared: Arc<Shared>,
+    producer: Arc<Producer_>,
+    exactly_once: bool,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for ConsumeCtx {}
+
+impl ConsumerContext for ConsumeCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked: finishing in-flight work"
+            );
+            if let Err(e) = self.finish_and_commit(consumer, Some(tpl)) {
+                tracing::warn!(error = %e, "commit before revoke failed; the next owner re-reads from the last commit");
+            }
+            self.shared.with(|t| {
+                for e in tpl.elements() {
+                    t.revoke(e.topic(), e.partition());
+                }
+            });
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.shared.with(|t| {
+                for e in tpl.elements() {
+                    t.assign(e.topic(), e.partition());
+                }
+            });
+        }
+    }
+}
+
+impl ConsumeCtx {
+    /// Wait (bounded) for the work of `only` (or everything) to finish, then commit it: a plain
+    /// synchronous commit, or the transaction with the offsets in it.
+    fn finish_and_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&TopicPartitionList>,
+    ) -> Result<()> {
+        let drained = self.shared.wait_until(self.drain_timeout, |t| match only {
+            Some(tpl) => t.pending_in(tpl) == 0,
+            None => t.pending() == 0,
+        });
+        if !drained {
+            tracing::warn!("in-flight work did not finish in time; committing what is done");
+        }
+        if self.exactly_once {
+            self.commit_transaction(consumer)
+        } else {
+            self.commit(consumer, only, CommitMode::Sync)
+        }
+    }
+
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&TopicPartitionList>,
+        mode: CommitMode,
+    ) -> Result<()> {
+        let Some(tpl) = self.shared.with(|t| t.take_commits(only)) else {
+            return Ok(());
+        };
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.shared.with(|t| t.uncommit(&tpl));
+            return Err(anyhow!("committing offsets: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Commit the open transaction with the finished offsets and open the next one. All
+    /// dispatched work must be finished first (the caller waits).
+    fn commit_transaction(&self, consumer: &BaseConsumer<Self>) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .context("flushing transactional producer")?;
+        if self.shared.with(|t| t.pending()) > 0 {
+            self.producer
+                .abort_transaction(Duration::from_secs(30))
+                .ok();
+            return Err(anyhow!("transaction has unfinished work; aborted"));
+        }
+        if let Some(tpl) = self.shared.with(|t| t.take_commits(None)) {
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &meta, Duration::from_secs(30))
+                .context("adding offsets to the transaction")?;
+        }
+        self.producer
+            .commit_transaction(Duration::from_secs(30))
+            .context("committing transaction")?;
+        self.producer
+            .begin_transaction()
+            .context("beginning transaction")?;
+        Ok(())
+    }
+}
+
+/// One input record handed to a worker.
+struct Job {
+    slot: Slot,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+    timestamp_ms: i64,
+}
+
+/// Topic names and stage settings the workers need.
+struct Route {
+    dests: Vec<Arc<dyn Destination>>,
+    topics: Vec<String>,
+    dlq: String,
+}
+
+/// Run the map stage until `stop` is set; then drain, commit and return.
+pub fn run_map_stage(
+    cfg: &Config,
+    bootstrap: &str,
+    stop: Arc<AtomicBool>,
+    stats: Arc<MapStats>,
+) -> Result<()> {
+    let k = &cfg.kafka;
+    let dests: Vec<Arc<dyn Destination>> =
+        cfg.destinations()?.into_iter().map(|d| d.dest).collect();
+    let route = Arc::new(Route {
+        topics: dests
+            .iter()
+            .map(|d| k.destination_topic(d.name()))
+            .collect(),
+        dests,
+        dlq: k.input_dlq_topic.clone(),
+    });
+    let shared = Arc::new(Shared {
+        tracker: Mutex::new(OffsetTracker::default()),
+        progress: Condvar::new(),
+    });
+
+    let mut pc = client_config(k, bootstrap);
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000");
+    if k.exactly_once {
+        pc.set(
+            "transactional.id",
+            format!("{}-map-{}", k.group_id, transactional_suffix()),
+        );
+    }
+    let producer: Arc<Producer_> = Arc::new(
+        pc.create_with_context(ProduceCtx {
+            shared: shared.clone(),
+        })
+        .context("creating producer")?,
+    );
+    if k.exactly_once {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .context("initialising transactions")?;
+        producer
+            .begin_transaction()
+            .context("beginning transaction")?;
+    }
+
+    let mut cc = client_config(k, bootstrap);
+    cc.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<ConsumeCtx> = cc
+        .create_with_context(ConsumeCtx {
+            shared: shared.clone(),
+            producer: producer.clone(),
+            exactly_once: k.exactly_once,
+            drain_timeout: Duration::from_secs(20),
+        })
+        .context("creating consumer")?;
+    consumer
+        .subscribe(&[&k.input_topic])
+        .context("subscribing to the input topic")?;
+    tracing::info!(topic = %k.input_topic, group = %k.group_id, workers = cfg.map.worker_count(),
+        exactly_once = k.exactly_once, "map stage started");
+
+    let workers = cfg.map.worker_count();
+    let per_worker = (cfg.map.max_in_flight / workers).max(64);
+    let mut senders: Vec<Sender<Job>> = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (tx, rx) = bounded::<Job>(per_worker);
+        senders.push(tx);
+        let (route, shared, producer, stats) = (
+            route.clone(),
+            shared.clone(),
+            producer.clone(),
+            stats.clone(),
+        );
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("map-worker-{i}"))
+                .spawn(move || worker(rx, &route, &shared, &producer, &stats))
+                .context("spawning worker")?,
+        );
+    }
+
+    let result = consume_loop(cfg, &consumer, &senders, &shared, &stop, &stats);
+
+    // Drain: no more input; let workers finish, the producer deliver, then commit.
+    drop(senders);
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    let ctx = consumer.context();
+    let closing = ctx.finish_and_commit(&consumer, None);
+    if let Err(e) = &closing {
+        tracing::warn!(error = %e, "final commit failed");
+    }
+    consumer.unsubscribe();
+    tracing::info!("map stage stopped");
+    result.and(closing)
+}
+
+fn transactional_suffix() -> String {
+    // One transactional id per process instance: a restarted instance fences its predecessor
+    // only if it reuses the id, so take it from the environment when given (e.g. a pod name).
+    std::env::var("EVENTRELAY_INSTANCE").unwrap_or_else(|_| "0".into())
+}
+
+fn consume_loop(
+    cfg: &Config,
+    consumer: &BaseConsumer<ConsumeCtx>,
+    senders: &[Sender<Job>],
+    shared: &Shared,
+    stop: &AtomicBool,
+    stats: &MapStats,
+) -> Result<()> {
+    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+    let ctx = consumer.context();
+    let commit_every = Duration::from_millis(if cfg.kafka.exactly_once { 100 } else { 500 });
+    let mut last_commit = Instant::now();
+    let mut paused = false;
+    let max_in_flight = cfg.map.max_in_flight;
+    while !stop.load(Ordering::Relaxed) {
+        if shared.with(|t| t.has_failed()) {
+            return Err(anyhow!(
+                "a produce failed for good; stopping so a restart re-reads from the last commit"
+            ));
+        }
+        if last_commit.elapsed() >= commit_every {
+            last_commit = Instant::now();
+            let r = if cfg.kafka.exactly_once {
+                ctx.finish_and_commit(consumer, None)
+            } else {
+                ctx.commit(consumer, None, CommitMode::Async)
+            };
+            if let Err(e) = r {
+                if cfg.kafka.exactly_once {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "periodic commit failed; will retry");
+            }
+        }
+        let pending = shared.with(|t| t.pending());
+        if pending >= max_in_flight {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.pause(&a);
+                paused = true;
+            }
+        } else if paused && pending < max_in_flight / 2 {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.resume(&a);
+            }
+            paused = false;
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                tracing::warn!("input topic does not exist yet");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        stats.consumed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("eventrelay_events_consumed_total", "topic" => msg.topic().to_string())
+            .increment(1);
+        let Some(job) = job_for(&msg, shared) else {
+            continue;
+        };
+        let idx = match &job.key {
+            Some(k) => (hasher.hash_one(k) % senders.len() as u64) as usize,
+            None => (job.slot.offset as usize) % senders.len(),
+        };
+        // Blocks when the worker is full: backpressure up to the consumer.
+        if senders[idx].send(job).is_err() {
+            return Err(anyhow!("worker {idx} stopped"));
+        }
+    }
+    if paused {
+        if let Ok(a) = consumer.assignment() {
+            let _ = consumer.resume(&a);
+        }
+    }
+    Ok(())
+}
+
+fn job_for(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Job> {
+    let slot = shared.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
+    Some(Job {
+        slot,
+        key: msg.key().map(<[u8]>::to_vec),
+        payload: msg.payload().map(<[u8]>::to_vec),
+        headers: msg.headers().map(|h| h.detach()),
+        timestamp_ms: msg.timestamp().to_millis().unwrap_or_else(now_millis),
+    })
+}
+
+/// Per-worker counts, merged into the shared stats now and then to keep the lock cold.
+#[derive(Default)]
+struct LocalStats {
+    invalid: u64,
+    outcomes: BTreeMap<(String, String), u64>,
+    since_flush: u32,
+}
+
+impl LocalStats {
+    fn count(&mut self, dest: &str, outcome: String) {
+        *self
+            .outcomes
+            .entry((dest.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    fn flush(&mut self, stats: &MapStats) {
+        stats
+            .invalid
+            .fetch_add(std::mem::take(&mut self.invalid), Ordering::Relaxed);
+        if let Ok(mut m) = stats.outcomes.lock() {
+            for (k, v) in std::mem::take(&mut self.outcomes) {
+                *m.entry(k).or_default() += v;
+            }
+        }
+        self.since_flush = 0;
+    }
+}
+
+fn worker(
+    rx: Receiver<Job>,
+    route: &Route,
+    shared: &Shared,
+    producer: &Producer_,
+    stats: &MapStats,
+) {
+    let mut local = LocalStats::default();
+    loop {
+        let job = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(j) => j,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                local.flush(stats);
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        process(job, route, shared, producer, &mut local);
+        local.since_flush += 1;
+        if local.since_flush >= 1024 {
+            local.flush(stats);
+        }
+    }
+    local.flush(stats);
+}
+
+/// Error headers added to dead letters, Kafka Connect style.
+fn error_headers(
+    base: Option<&OwnedHeaders>,
+    stage: &str,
+    reason: &str,
+    message: &str,
+    slot: &Slot,
+    destination: Option<&str>,
+) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new();
+    if let Some(base) = base {
+        for i in 0..base.count() {
+            let hd = base.get(i);
+            h = h.insert(Header {
+                key: hd.key,
+                value: hd.value,
+            });
+        }
+    }
+    let partition = slot.partition.to_string();
+    let offset = slot.offset.to_string();
+    let mut add = |k: &str, v: &str| {
+        h = std::mem::take(&mut h).insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    };
+    add("eventrelay.error.stage", stage);
+    add("eventrelay.error.reason", reason);
+    add("eventrelay.error.message", message);
+    add("eventrelay.error.topic", &slot.topic);
+    add("eventrelay.error.partition", &partition);
+    add("eventrelay.error.offset", &offset);
+    if let Some(d) = destination {
+        add("eventrelay.error.destination", d);
+    }
+    h
+}
+
+/// Hand one record to the producer, retrying while its queue is full. `false` when the
+/// producer refused it for good (e.g. larger than the broker accepts).
+fn produce(producer: &Producer_, mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>) -> bool {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return true,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, r)) => {
+                tracing::error!(error = %e, topic = r.topic, "cannot produce record");
+                return false;
+            }
+        }
+    }
+}
+
+/// One record to produce for an input record.
+struct Output<'a> {
+    topic: &'a str,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+fn process(job: Job, route: &Route, shared: &Shared, producer: &Producer_, local: &mut LocalStats) {
+    let slot = job.slot;
+    let source = Source {
+        topic: slot.topic.clone(),
+        partition: slot.partition,
+        offset: slot.offset,
+    };
+    let payload = job.payload.as_deref().unwrap_or_default();
+    let key = job.key.as_deref();
+    let mut outputs: Vec<Output<'_>> = Vec::new();
+    match map_input(&route.dests, payload, Some(&source), job.timestamp_ms) {
+        Err(invalid) => {
+            local.invalid += 1;
+            metrics::counter!("eventrelay_events_invalid_total", "reason" => invalid.reason)
+                .increment(1);
+            let h = error_headers(
+                job.headers.as_ref(),
+                "parse",
+                invalid.reason,
+                &invalid.message,
+                &slot,
+                None,
+            );
+            outputs.push(Output {
+                topic: &route.dlq,
+                key: key.unwrap_or_default().to_vec(),
+                value: payload.to_vec(),
+                headers: Some(h),
+            });
+        }
+        Ok((event, routed)) => {
+            for (i, r) in routed.into_iter().enumerate() {
+                let name = route.dests[i].name();
+                match r {
+                    Routed::Records(records) => {
+                        for record in records {
+                            local.count(name, "produced".into());
+                            metrics::counter!("eventrelay_records_produced_total", "destination" => name)
+                                .increment(1);
+                            outputs.push(Output {
+                                topic: &route.topics[i],
+                                key: event.user_key().as_bytes().to_vec(),
+                                value: record.encode_to_vec(),
+                                headers: None,
+                            });
+                        }
+                    }
+                    Routed::Skipped(reason) => {
+                        local.count(name, format!("skipped:{reason}"));
+                        metrics::counter!("eventrelay_events_skipped_total", "destination" => name, "reason" => reason)
+                            .increment(1);
+                    }
+                    Routed::Rejected(reason) => {
+                        local.count(name, format!("rejected:{reason}"));
+                        metrics::counter!("eventrelay_events_rejected_total", "destination" => name, "reason" => reason)
+                            .increment(1);
+                        let msg = format!("{name} rejected the event: {reason}");
+                        let h = error_headers(
+                            job.headers.as_ref(),
+                            "map",
+                            reason,
+                            &msg,
+                            &slot,
+                            Some(name),
+                        );
+                        outputs.push(Output {
+                            topic: &route.dlq,
+                            key: key.unwrap_or_default().to_vec(),
+                            value: payload.to_vec(),
+                            headers: Some(h),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // One mapping token was registered; it becomes one piece of work per output.
+    shared.with(|t| t.adjust(&slot, outputs.len() as i64 - 1));
+    if outputs.is_empty() {
+        shared.progress.notify_all();
+    }
+    for out in outputs {
+        let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()))
+            .key(out.key.as_slice())
+            .payload(out.value.as_slice());
+        if let Some(h) = out.headers {
+            rec = rec.headers(h);
+        }
+        if !produce(producer, rec) {
+            // Nothing will acknowledge it: the offset must never be committed past it.
+            shared.with(|t| t.fail(&slot));
+            shared.progress.notify_all();
+        }
+    }
+}
