@@ -33,20 +33,89 @@ pub enum Command {
         /// NDJSON file of events; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// The service: map stage, send stage, or both.
+    Run {
+        /// Config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Which stages to run.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Stand-in HTTP server for both destinations (checks shape, records, injects faults).
+    Stub {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// Also append every request as NDJSON to this file.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Answer this status instead of success (fault injection from the start).
+        #[arg(long)]
+        fault_status: Option<u16>,
+        /// Fraction of requests the fault applies to.
+        #[arg(long)]
+        fault_rate: Option<f64>,
+        /// How long the start-up fault lasts, in seconds.
+        #[arg(long)]
+        fault_for_secs: Option<f64>,
+    },
+    /// The whole system on one machine: embedded Kafka, stand-in destinations, sample events.
+    Demo {
+        /// How many times to send the sample events (each copy with fresh messageIds).
+        #[arg(long, default_value_t = 50)]
+        repeat: usize,
+    },
+}
+
+/// Which stages `run` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Input topic → destination topics.
+    Map,
+    /// Destination topics → destination HTTP APIs.
+    Send,
+    /// Both, in one process.
+    All,
 }
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // The demo draws its own progress; keep the logs to warnings there unless RUST_LOG says.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    crate::ops::init_logging(&cli.log_format, default_level);
     let result = match cli.command {
         Command::Map { config, file } => map_command(&config, file.as_deref()),
+        Command::Run { config, role } => {
+            Config::load(Some(&config)).and_then(|cfg| crate::service::run(cfg, role))
+        }
+        Command::Demo { repeat } => crate::demo::run(repeat),
+        Command::Stub {
+            listen,
+            record,
+            fault_status,
+            fault_rate,
+            fault_for_secs,
+        } => crate::stub::run(
+            &listen,
+            record.as_deref(),
+            crate::stub::Fault {
+                status: fault_status,
+                rate: fault_rate,
+                for_secs: fault_for_secs,
+                ..Default::default()
+            },
+        ),
     };
     match result {
         Ok(()) => 0,
         // `eventrelay map … | head` closing the pipe early is not an error.
         Err(e)
-            if e
-                .downcast_ref::<std::io::Error>()
+            if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             0

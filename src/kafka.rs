@@ -2,18 +2,25 @@
 //! in-process cluster, and the per-partition offset tracker that makes commits safe.
 
 use crate::config::{Config, KafkaConfig};
+use crate::ops::{record_lag, Health};
 use anyhow::{anyhow, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::mocking::MockCluster;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Base client config: bootstrap servers plus the user's `[kafka.properties]`.
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
@@ -69,6 +76,61 @@ pub async fn ensure_topics(kafka: &KafkaConfig, bootstrap: &str, topics: &[Strin
         }
     }
     Ok(())
+}
+
+/// The Kafka key Segment events are partitioned by: `userId`, else `anonymousId` (best effort,
+/// for producing test and demo input; `None` when the line is not an event).
+pub fn segment_key(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    ["userId", "anonymousId"]
+        .iter()
+        .find_map(|k| match v.get(*k)? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+}
+
+/// Produce raw lines to a topic, keyed as Segment events are, and wait for every ack.
+pub fn produce_lines<'a>(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    lines: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<usize> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = client_config(kafka, bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating producer")?;
+    let mut n = 0;
+    for line in lines {
+        let key = segment_key(line);
+        let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(line);
+        if let Some(k) = key.as_deref() {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
+            }
+        }
+        n += 1;
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing input")?;
+    Ok(n)
 }
 
 /// librdkafka's mock cluster running in the process (real Kafka protocol on 127.0.0.1).
@@ -386,5 +448,166 @@ mod tests {
         t.adjust(&new, -1);
         assert!(t.has_failed());
         assert_eq!(offsets(&mut t), vec![(1, 7)]);
+    }
+}
+
+/// The tracker plus a condition variable, shared by a consumer thread, the workers that finish
+/// records, and the rebalance callback that waits for them.
+#[derive(Debug, Default)]
+pub struct Progress {
+    tracker: Mutex<OffsetTracker>,
+    changed: Condvar,
+}
+
+impl Progress {
+    /// Run `f` on the tracker (a poisoned lock is recovered: the tracker has no invariants a
+    /// panic elsewhere could break halfway).
+    pub fn with<T>(&self, f: impl FnOnce(&mut OffsetTracker) -> T) -> T {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut t)
+    }
+
+    /// Finish (`-1`) or add work for a record and wake waiters.
+    pub fn adjust(&self, slot: &Slot, delta: i64) {
+        self.with(|t| t.adjust(slot, delta));
+        self.changed.notify_all();
+    }
+
+    /// Mark a record's work failed for good and wake waiters.
+    pub fn fail(&self, slot: &Slot) {
+        self.with(|t| t.fail(slot));
+        self.changed.notify_all();
+    }
+
+    /// Wait until `done(tracker)` or the timeout; returns whether it became true.
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        while !done(&t) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            t = self
+                .changed
+                .wait_timeout(t, left.min(Duration::from_millis(50)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+}
+
+/// How a [`TrackingContext`] commits when it is transactional (the map stage's exactly-once
+/// mode): the offsets go into the producer's transaction instead of a plain commit.
+pub trait Transactional: Send + Sync {
+    /// Flush, add `offsets` (if any) to the open transaction, commit it, begin the next.
+    fn commit_with(
+        &self,
+        offsets: Option<TopicPartitionList>,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<()>;
+}
+
+/// Consumer context shared by the stages: reports lag and broker state, and on revoke finishes
+/// the revoked partitions' in-flight work (bounded) and commits it before letting them go.
+pub struct TrackingContext {
+    /// Offsets and in-flight work.
+    pub progress: Arc<Progress>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Consumer group, for the lag metric.
+    pub group: String,
+    /// How long a revoke or shutdown waits for in-flight work.
+    pub drain_timeout: Duration,
+    /// Set in exactly-once mode.
+    pub transactional: Option<Arc<dyn Transactional>>,
+}
+
+impl ClientContext for TrackingContext {
+    fn stats(&self, statistics: Statistics) {
+        record_lag(&self.group, &statistics);
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.health.broker_up.store(up, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked: finishing in-flight work");
+            self.health.partitions_revoked(tpl.count());
+            if let Err(e) = self.finish_and_commit(consumer, Some(tpl)) {
+                tracing::warn!(error = %format!("{e:#}"), "commit before revoke failed; the next owner re-reads from the last commit");
+            }
+            self.progress.with(|t| {
+                for e in tpl.elements() {
+                    t.revoke(e.topic(), e.partition());
+                }
+            });
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+            self.health.partitions_assigned(tpl.count());
+            self.progress.with(|t| {
+                for e in tpl.elements() {
+                    t.assign(e.topic(), e.partition());
+                }
+            });
+        }
+    }
+}
+
+impl TrackingContext {
+    /// Wait (bounded) for the work of `only` (or everything) to finish, then commit it.
+    pub fn finish_and_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&TopicPartitionList>,
+    ) -> Result<()> {
+        // A transaction covers every partition, so it waits for all work.
+        let wait_for = if self.transactional.is_some() {
+            None
+        } else {
+            only
+        };
+        let drained = self
+            .progress
+            .wait_until(self.drain_timeout, |t| match wait_for {
+                Some(tpl) => t.pending_in(tpl) == 0,
+                None => t.pending() == 0,
+            });
+        if !drained {
+            tracing::warn!(group = %self.group, "in-flight work did not finish in time; committing what is done");
+        }
+        self.commit(consumer, only, CommitMode::Sync)
+    }
+
+    /// Commit what is finished: a plain commit, or the open transaction in exactly-once mode
+    /// (which needs every dispatched record finished: callers wait first).
+    pub fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&TopicPartitionList>,
+        mode: CommitMode,
+    ) -> Result<()> {
+        if let Some(txn) = &self.transactional {
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+            let offsets = self.progress.with(|t| t.take_commits(None));
+            return txn.commit_with(offsets, &meta);
+        }
+        let Some(tpl) = self.progress.with(|t| t.take_commits(only)) else {
+            return Ok(());
+        };
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.progress.with(|t| t.uncommit(&tpl));
+            return Err(anyhow!("committing offsets: {e}"));
+        }
+        Ok(())
     }
 }

@@ -5,14 +5,22 @@
 //! - [`destinations`]: one module per destination (pure mapping and request building);
 //! - [`record`]: the protobuf record written to `dest.<destination>` topics (`proto/`);
 //! - [`pipeline`]: the map stage (consumer group → worker pool → destination topics);
+//! - [`sender`]: the send stage (destination topics → HTTP, retries, dead letters);
+//! - [`kafka`]: client settings, topics, the embedded cluster, offset tracking;
+//! - [`ops`]: metrics, health, logging; [`service`]: `run`; [`stub`], [`demo`];
 //! - [`config`], [`cli`]: the TOML configuration and the command line.
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod destinations;
 pub mod event;
 pub mod kafka;
+pub mod ops;
 pub mod pipeline;
+pub mod sender;
+pub mod service;
+pub mod stub;
 
 /// The destination-ready record schema, generated from `proto/record.proto`.
 pub mod record {

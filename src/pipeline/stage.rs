@@ -16,13 +16,14 @@
 use crate::config::Config;
 use crate::destinations::{Destination, Routed};
 use crate::event::now_millis;
-use crate::kafka::{client_config, OffsetTracker, Slot};
+use crate::kafka::{client_config, Progress, Slot, TrackingContext, Transactional};
+use crate::ops::Health;
 use crate::pipeline::map_input;
 use crate::record::Source;
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -30,7 +31,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Counts the demo and tests read; Prometheus metrics are recorded alongside.
@@ -40,6 +41,9 @@ pub struct MapStats {
     pub consumed: AtomicU64,
     /// Input records that were not valid events.
     pub invalid: AtomicU64,
+    /// Input records whose mapping is finished and counted in `outcomes` (they may still be
+    /// on their way to the broker).
+    pub processed: AtomicU64,
     /// Per (destination, outcome): `produced`, `skipped:<reason>`, `rejected:<reason>`.
     pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
 }
@@ -51,42 +55,9 @@ impl MapStats {
     }
 }
 
-/// State shared by the consumer thread, the workers and the producer callbacks.
-struct Shared {
-    tracker: Mutex<OffsetTracker>,
-    progress: Condvar,
-}
-
-impl Shared {
-    fn with<T>(&self, f: impl FnOnce(&mut OffsetTracker) -> T) -> T {
-        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(&mut t);
-        drop(t);
-        r
-    }
-
-    /// Wait until `done(tracker)` or the deadline; returns whether it became true.
-    fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        while !done(&t) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            t = self
-                .progress
-                .wait_timeout(t, left.min(Duration::from_millis(50)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        true
-    }
-}
-
 /// Producer context: delivery reports finish work in the tracker.
 struct ProduceCtx {
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
 }
 
 impl ClientContext for ProduceCtx {}
@@ -96,124 +67,49 @@ impl ProducerContext for ProduceCtx {
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
         match result {
-            Ok(_) => self.shared.with(|t| t.adjust(&slot, -1)),
+            Ok(_) => self.progress.adjust(&slot, -1),
             Err((e, m)) => {
                 tracing::error!(error = %e, topic = m.topic(), input_offset = slot.offset,
                     "produce failed for good; the input offset will not be committed past it");
-                self.shared.with(|t| t.fail(&slot));
+                self.progress.fail(&slot);
             }
         }
-        self.shared.progress.notify_all();
     }
 }
 
-type Producer_ = ThreadedProducer<ProduceCtx>;
+type MapProducer = ThreadedProducer<ProduceCtx>;
 
-/// Consumer context: rebalance hooks that finish and commit before partitions go away.
-struct ConsumeCtx {
-    shared: Arc<Shared>,
-    producer: Arc<Producer_>,
-    exactly_once: bool,
-    drain_timeout: Duration,
+/// Exactly-once commits: the input offsets go into the producer's transaction.
+struct Txn {
+    producer: Arc<MapProducer>,
+    progress: Arc<Progress>,
 }
 
-impl ClientContext for ConsumeCtx {}
-
-impl ConsumerContext for ConsumeCtx {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(
-                partitions = tpl.count(),
-                "partitions revoked: finishing in-flight work"
-            );
-            if let Err(e) = self.finish_and_commit(consumer, Some(tpl)) {
-                tracing::warn!(error = %e, "commit before revoke failed; the next owner re-reads from the last commit");
-            }
-            self.shared.with(|t| {
-                for e in tpl.elements() {
-                    t.revoke(e.topic(), e.partition());
-                }
-            });
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
-            self.shared.with(|t| {
-                for e in tpl.elements() {
-                    t.assign(e.topic(), e.partition());
-                }
-            });
-        }
-    }
-}
-
-impl ConsumeCtx {
-    /// Wait (bounded) for the work of `only` (or everything) to finish, then commit it: a plain
-    /// synchronous commit, or the transaction with the offsets in it.
-    fn finish_and_commit(
+impl Transactional for Txn {
+    fn commit_with(
         &self,
-        consumer: &BaseConsumer<Self>,
-        only: Option<&TopicPartitionList>,
+        offsets: Option<TopicPartitionList>,
+        group: &ConsumerGroupMetadata,
     ) -> Result<()> {
-        let drained = self.shared.wait_until(self.drain_timeout, |t| match only {
-            Some(tpl) => t.pending_in(tpl) == 0,
-            None => t.pending() == 0,
-        });
-        if !drained {
-            tracing::warn!("in-flight work did not finish in time; committing what is done");
-        }
-        if self.exactly_once {
-            self.commit_transaction(consumer)
-        } else {
-            self.commit(consumer, only, CommitMode::Sync)
-        }
-    }
-
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        only: Option<&TopicPartitionList>,
-        mode: CommitMode,
-    ) -> Result<()> {
-        let Some(tpl) = self.shared.with(|t| t.take_commits(only)) else {
-            return Ok(());
-        };
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            self.shared.with(|t| t.uncommit(&tpl));
-            return Err(anyhow!("committing offsets: {e}"));
-        }
-        Ok(())
-    }
-
-    /// Commit the open transaction with the finished offsets and open the next one. All
-    /// dispatched work must be finished first (the caller waits).
-    fn commit_transaction(&self, consumer: &BaseConsumer<Self>) -> Result<()> {
+        let timeout = Duration::from_secs(30);
         self.producer
-            .flush(Duration::from_secs(30))
+            .flush(timeout)
             .context("flushing transactional producer")?;
-        if self.shared.with(|t| t.pending()) > 0 {
-            self.producer
-                .abort_transaction(Duration::from_secs(30))
-                .ok();
+        if self.progress.with(|t| t.pending()) > 0 {
+            let _ = self.producer.abort_transaction(timeout);
             return Err(anyhow!("transaction has unfinished work; aborted"));
         }
-        if let Some(tpl) = self.shared.with(|t| t.take_commits(None)) {
-            let meta = consumer
-                .group_metadata()
-                .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+        if let Some(tpl) = offsets {
             self.producer
-                .send_offsets_to_transaction(&tpl, &meta, Duration::from_secs(30))
+                .send_offsets_to_transaction(&tpl, group, timeout)
                 .context("adding offsets to the transaction")?;
         }
         self.producer
-            .commit_transaction(Duration::from_secs(30))
+            .commit_transaction(timeout)
             .context("committing transaction")?;
         self.producer
             .begin_transaction()
-            .context("beginning transaction")?;
-        Ok(())
+            .context("beginning transaction")
     }
 }
 
@@ -239,6 +135,7 @@ pub fn run_map_stage(
     bootstrap: &str,
     stop: Arc<AtomicBool>,
     stats: Arc<MapStats>,
+    health: Arc<Health>,
 ) -> Result<()> {
     let k = &cfg.kafka;
     let dests: Vec<Arc<dyn Destination>> =
@@ -251,10 +148,7 @@ pub fn run_map_stage(
         dests,
         dlq: k.input_dlq_topic.clone(),
     });
-    let shared = Arc::new(Shared {
-        tracker: Mutex::new(OffsetTracker::default()),
-        progress: Condvar::new(),
-    });
+    let progress = Arc::new(Progress::default());
 
     let mut pc = client_config(k, bootstrap);
     pc.set("enable.idempotence", "true")
@@ -268,9 +162,9 @@ pub fn run_map_stage(
             format!("{}-map-{}", k.group_id, transactional_suffix()),
         );
     }
-    let producer: Arc<Producer_> = Arc::new(
+    let producer: Arc<MapProducer> = Arc::new(
         pc.create_with_context(ProduceCtx {
-            shared: shared.clone(),
+            progress: progress.clone(),
         })
         .context("creating producer")?,
     );
@@ -289,13 +183,23 @@ pub fn run_map_stage(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer<ConsumeCtx> = cc
-        .create_with_context(ConsumeCtx {
-            shared: shared.clone(),
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000");
+    let transactional: Option<Arc<dyn Transactional>> = if k.exactly_once {
+        Some(Arc::new(Txn {
             producer: producer.clone(),
-            exactly_once: k.exactly_once,
+            progress: progress.clone(),
+        }))
+    } else {
+        None
+    };
+    let consumer: BaseConsumer<TrackingContext> = cc
+        .create_with_context(TrackingContext {
+            progress: progress.clone(),
+            health,
+            group: k.group_id.clone(),
             drain_timeout: Duration::from_secs(20),
+            transactional,
         })
         .context("creating consumer")?;
     consumer
@@ -311,21 +215,21 @@ pub fn run_map_stage(
     for i in 0..workers {
         let (tx, rx) = bounded::<Job>(per_worker);
         senders.push(tx);
-        let (route, shared, producer, stats) = (
+        let (route, progress, producer, stats) = (
             route.clone(),
-            shared.clone(),
+            progress.clone(),
             producer.clone(),
             stats.clone(),
         );
         handles.push(
             std::thread::Builder::new()
                 .name(format!("map-worker-{i}"))
-                .spawn(move || worker(rx, &route, &shared, &producer, &stats))
+                .spawn(move || worker(rx, &route, &progress, &producer, &stats))
                 .context("spawning worker")?,
         );
     }
 
-    let result = consume_loop(cfg, &consumer, &senders, &shared, &stop, &stats);
+    let result = consume_loop(cfg, &consumer, &senders, &progress, &stop, &stats);
 
     // Drain: no more input; let workers finish, the producer deliver, then commit.
     drop(senders);
@@ -351,9 +255,9 @@ fn transactional_suffix() -> String {
 
 fn consume_loop(
     cfg: &Config,
-    consumer: &BaseConsumer<ConsumeCtx>,
+    consumer: &BaseConsumer<TrackingContext>,
     senders: &[Sender<Job>],
-    shared: &Shared,
+    progress: &Progress,
     stop: &AtomicBool,
     stats: &MapStats,
 ) -> Result<()> {
@@ -364,7 +268,7 @@ fn consume_loop(
     let mut paused = false;
     let max_in_flight = cfg.map.max_in_flight;
     while !stop.load(Ordering::Relaxed) {
-        if shared.with(|t| t.has_failed()) {
+        if progress.with(|t| t.has_failed()) {
             return Err(anyhow!(
                 "a produce failed for good; stopping so a restart re-reads from the last commit"
             ));
@@ -383,7 +287,7 @@ fn consume_loop(
                 tracing::warn!(error = %e, "periodic commit failed; will retry");
             }
         }
-        let pending = shared.with(|t| t.pending());
+        let pending = progress.with(|t| t.pending());
         if pending >= max_in_flight {
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.pause(&a);
@@ -413,7 +317,7 @@ fn consume_loop(
         stats.consumed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("eventrelay_events_consumed_total", "topic" => msg.topic().to_string())
             .increment(1);
-        let Some(job) = job_for(&msg, shared) else {
+        let Some(job) = job_for(&msg, progress) else {
             continue;
         };
         let idx = match &job.key {
@@ -433,8 +337,8 @@ fn consume_loop(
     Ok(())
 }
 
-fn job_for(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Job> {
-    let slot = shared.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
+fn job_for(msg: &BorrowedMessage<'_>, progress: &Progress) -> Option<Job> {
+    let slot = progress.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
     Some(Job {
         slot,
         key: msg.key().map(<[u8]>::to_vec),
@@ -464,11 +368,14 @@ impl LocalStats {
         stats
             .invalid
             .fetch_add(std::mem::take(&mut self.invalid), Ordering::Relaxed);
+        let processed = self.since_flush as u64;
         if let Ok(mut m) = stats.outcomes.lock() {
             for (k, v) in std::mem::take(&mut self.outcomes) {
                 *m.entry(k).or_default() += v;
             }
         }
+        // Counted after the outcomes, so `processed` never runs ahead of them.
+        stats.processed.fetch_add(processed, Ordering::Relaxed);
         self.since_flush = 0;
     }
 }
@@ -476,8 +383,8 @@ impl LocalStats {
 fn worker(
     rx: Receiver<Job>,
     route: &Route,
-    shared: &Shared,
-    producer: &Producer_,
+    progress: &Progress,
+    producer: &MapProducer,
     stats: &MapStats,
 ) {
     let mut local = LocalStats::default();
@@ -490,9 +397,9 @@ fn worker(
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        process(job, route, shared, producer, &mut local);
+        process(job, route, progress, producer, &mut local);
         local.since_flush += 1;
-        if local.since_flush >= 1024 {
+        if local.since_flush >= 1024 || rx.is_empty() {
             local.flush(stats);
         }
     }
@@ -540,7 +447,7 @@ fn error_headers(
 
 /// Hand one record to the producer, retrying while its queue is full. `false` when the
 /// producer refused it for good (e.g. larger than the broker accepts).
-fn produce(producer: &Producer_, mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>) -> bool {
+fn produce(producer: &MapProducer, mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>) -> bool {
     loop {
         match producer.send(record) {
             Ok(()) => return true,
@@ -564,7 +471,13 @@ struct Output<'a> {
     headers: Option<OwnedHeaders>,
 }
 
-fn process(job: Job, route: &Route, shared: &Shared, producer: &Producer_, local: &mut LocalStats) {
+fn process(
+    job: Job,
+    route: &Route,
+    progress: &Progress,
+    producer: &MapProducer,
+    local: &mut LocalStats,
+) {
     let slot = job.slot;
     let source = Source {
         topic: slot.topic.clone(),
@@ -641,10 +554,7 @@ fn process(job: Job, route: &Route, shared: &Shared, producer: &Producer_, local
         }
     }
     // One mapping token was registered; it becomes one piece of work per output.
-    shared.with(|t| t.adjust(&slot, outputs.len() as i64 - 1));
-    if outputs.is_empty() {
-        shared.progress.notify_all();
-    }
+    progress.adjust(&slot, outputs.len() as i64 - 1);
     for out in outputs {
         let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()))
             .key(out.key.as_slice())
@@ -654,8 +564,7 @@ fn process(job: Job, route: &Route, shared: &Shared, producer: &Producer_, local
         }
         if !produce(producer, rec) {
             // Nothing will acknowledge it: the offset must never be committed past it.
-            shared.with(|t| t.fail(&slot));
-            shared.progress.notify_all();
+            progress.fail(&slot);
         }
     }
 }

@@ -1,0 +1,185 @@
+//! Operations: Prometheus metrics, `/healthz` and `/readyz`, logging set-up, and the offset
+//! tools (`replay`, `redrive`) operators use when something went wrong.
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rdkafka::statistics::Statistics;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Latency histogram buckets in seconds: 1 ms to 4 hours (the retry window).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0, 14400.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the global Prometheus recorder once (later calls return the same handle).
+pub fn install_metrics() -> Result<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), LATENCY_BUCKETS)
+        .context("setting histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "eventrelay_events_consumed_total",
+        "Input records read, by topic."
+    );
+    describe_counter!(
+        "eventrelay_events_invalid_total",
+        "Input records that were not valid Segment events, by reason."
+    );
+    describe_counter!(
+        "eventrelay_records_produced_total",
+        "Destination records produced by the map stage."
+    );
+    describe_counter!(
+        "eventrelay_events_skipped_total",
+        "Events a destination does not take, by reason."
+    );
+    describe_counter!(
+        "eventrelay_events_rejected_total",
+        "Events a destination rejected as bad data (sent to the input DLQ)."
+    );
+    describe_counter!(
+        "eventrelay_deliveries_total",
+        "Finished deliveries by outcome: success, retry (handed to the retry topic), dead_letter."
+    );
+    describe_counter!(
+        "eventrelay_delivery_attempts_total",
+        "HTTP attempts by status code (or error class)."
+    );
+    describe_histogram!(
+        "eventrelay_delivery_duration_seconds",
+        Unit::Seconds,
+        "Duration of one HTTP attempt."
+    );
+    describe_histogram!(
+        "eventrelay_end_to_end_latency_seconds",
+        Unit::Seconds,
+        "From the input record's timestamp to successful delivery."
+    );
+    describe_gauge!(
+        "eventrelay_consumer_lag",
+        "Consumer lag in records, from librdkafka statistics."
+    );
+}
+
+/// Readiness inputs, set by the stages.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Partitions currently assigned to this process's consumers.
+    pub assigned: AtomicUsize,
+    /// Whether the brokers answered recently.
+    pub broker_up: AtomicBool,
+    /// Set when the process is shutting down (readiness goes false first).
+    pub stopping: AtomicBool,
+}
+
+impl Health {
+    /// A consumer was given partitions.
+    pub fn partitions_assigned(&self, n: usize) {
+        self.assigned.fetch_add(n, Ordering::Relaxed);
+        self.broker_up.store(true, Ordering::Relaxed);
+    }
+
+    /// A consumer lost partitions.
+    pub fn partitions_revoked(&self, n: usize) {
+        let _ = self
+            .assigned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(n))
+            });
+    }
+
+    /// Ready: not stopping, broker reachable, and some partition assigned.
+    pub fn ready(&self) -> bool {
+        !self.stopping.load(Ordering::Relaxed)
+            && self.broker_up.load(Ordering::Relaxed)
+            && self.assigned.load(Ordering::Relaxed) > 0
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listen`; returns the bound address.
+pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
+    let handle = install_metrics()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<OpsState>| async move { s.handle.render() }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<OpsState>| async move {
+                if s.health.ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .with_state(OpsState { handle, health });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding metrics.listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(addr)
+}
+
+/// Record consumer lag per partition from a librdkafka statistics report.
+pub fn record_lag(group: &str, stats: &Statistics) {
+    for (topic, t) in &stats.topics {
+        for (p, part) in &t.partitions {
+            if *p < 0 || part.consumer_lag < 0 {
+                continue;
+            }
+            metrics::gauge!("eventrelay_consumer_lag",
+                "group" => group.to_string(), "topic" => topic.clone(), "partition" => p.to_string())
+            .set(part.consumer_lag as f64);
+        }
+    }
+}
+
+/// Set up logging: human-readable by default, JSON lines with `--log-format json`.
+/// Filter with `RUST_LOG` (default `info`).
+pub fn init_logging(format: &str, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},librdkafka=warn,rdkafka=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,371 @@
+//! `eventrelay stub`: a stand-in for both destinations' APIs on loopback, for the demo, the
+//! tests and docker-compose.
+//!
+//! It checks that each request has the SPEC §3 shape (400 when not), records every request
+//! (`GET /requests`, and optionally an NDJSON file), and injects faults on command
+//! (`POST /faults` with `{"status", "rate", "retry_after", "latency_ms", "for_secs",
+//! "down_secs", "path_prefix"}`, `DELETE /faults`).
+
+use crate::destinations::owneriq::decode_t;
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One recorded request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recorded {
+    /// `GET` / `POST`.
+    pub method: String,
+    /// `http://host/path?query` as received.
+    pub url: String,
+    /// Request headers (lowercase names).
+    pub headers: serde_json::Map<String, Value>,
+    /// Body as text (empty when none).
+    pub body: String,
+    /// Status the stub answered.
+    pub status: u16,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fault {
+    /// Status to answer instead of success (e.g. 500, 429, 400).
+    pub status: Option<u16>,
+    /// Fraction of requests affected (default 1.0).
+    pub rate: Option<f64>,
+    /// `Retry-After` seconds to send with the fault status.
+    pub retry_after: Option<u64>,
+    /// Added latency for every request, in ms.
+    pub latency_ms: Option<u64>,
+    /// How long the fault lasts (default: until cleared).
+    pub for_secs: Option<f64>,
+    /// Stop listening for this many seconds (connections refused), then come back.
+    pub down_secs: Option<f64>,
+    /// Only requests whose path starts with this (`/j/` for OwnerIQ, `/v1/` for Seg).
+    pub path_prefix: Option<String>,
+}
+
+struct ActiveFault {
+    fault: Fault,
+    until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct StubState {
+    recorded: Mutex<Vec<Recorded>>,
+    faults: Mutex<Vec<ActiveFault>>,
+    file: Option<Mutex<std::fs::File>>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// A running stub.
+pub struct Stub {
+    /// Bound address.
+    pub addr: SocketAddr,
+    state: Arc<StubState>,
+}
+
+impl Stub {
+    /// Start on `listen` (use port 0 for any), recording to `file` when given.
+    pub async fn start(listen: &str, file: Option<&std::path::Path>) -> Result<Stub> {
+        let file = match file {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            )),
+            None => None,
+        };
+        let state = Arc::new(StubState {
+            file,
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(serve_loop(listener, addr, state.clone()));
+        Ok(Stub { addr, state })
+    }
+
+    /// Base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request recorded so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Inject a fault.
+    pub fn inject(&self, fault: Fault) {
+        add_fault(&self.state, fault);
+    }
+
+    /// Remove every fault.
+    pub fn clear_faults(&self) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.clear();
+        }
+    }
+}
+
+fn add_fault(state: &StubState, fault: Fault) {
+    if let Some(secs) = fault.down_secs {
+        if let Ok(mut d) = state.down_until.lock() {
+            *d = Some(Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+        }
+    }
+    let until = fault
+        .for_secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    if fault.status.is_some() || fault.latency_ms.is_some() {
+        if let Ok(mut f) = state.faults.lock() {
+            f.push(ActiveFault { fault, until });
+        }
+    }
+}
+
+/// Serve, going away while a `down_secs` fault is active (the listener is closed, so
+/// connections are refused) and coming back on the same address after it.
+async fn serve_loop(
+    mut listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    state: Arc<StubState>,
+) {
+    loop {
+        let app = router(state.clone());
+        let st = state.clone();
+        let went_down = async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if st.down_until.lock().map(|d| d.is_some()).unwrap_or(false) {
+                    return;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(went_down)
+            .await
+        {
+            tracing::error!(error = %e, "stub server stopped");
+            return;
+        }
+        let until = state.down_until.lock().ok().and_then(|d| *d);
+        if let Some(until) = until {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        }
+        if let Ok(mut d) = state.down_until.lock() {
+            *d = None;
+        }
+        listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+    }
+}
+
+fn router(state: Arc<StubState>) -> Router {
+    Router::new()
+        .route("/j/", get(owneriq))
+        .route("/v1/{website_id}/events", post(seg))
+        .route("/requests", get(list).delete(clear))
+        .route("/faults", post(set_fault).delete(clear_fault))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn list(State(s): State<Arc<StubState>>) -> Json<Vec<Recorded>> {
+    Json(s.recorded.lock().map(|r| r.clone()).unwrap_or_default())
+}
+
+async fn clear(State(s): State<Arc<StubState>>) -> StatusCode {
+    if let Ok(mut r) = s.recorded.lock() {
+        r.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn set_fault(State(s): State<Arc<StubState>>, Json(f): Json<Fault>) -> StatusCode {
+    add_fault(&s, f);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_fault(State(s): State<Arc<StubState>>) -> StatusCode {
+    if let Ok(mut f) = s.faults.lock() {
+        f.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// The fault that applies to this request, if any (and the latency to add).
+fn fault_for(s: &StubState, path: &str) -> (Option<(u16, Option<u64>)>, u64) {
+    let Ok(mut faults) = s.faults.lock() else {
+        return (None, 0);
+    };
+    let now = Instant::now();
+    faults.retain(|f| f.until.is_none_or(|u| u > now));
+    let mut latency = 0;
+    let mut answer = None;
+    for f in faults.iter() {
+        if f.fault
+            .path_prefix
+            .as_deref()
+            .is_some_and(|p| !path.starts_with(p))
+        {
+            continue;
+        }
+        latency = latency.max(f.fault.latency_ms.unwrap_or(0));
+        if let Some(status) = f.fault.status {
+            if answer.is_none() && rand::random::<f64>() < f.fault.rate.unwrap_or(1.0) {
+                answer = Some((status, f.fault.retry_after));
+            }
+        }
+    }
+    (answer, latency)
+}
+
+async fn answer(
+    s: &StubState,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    shape_error: Option<String>,
+) -> Response {
+    let (fault, latency) = fault_for(s, uri.path());
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let (status, retry_after, message) = match (shape_error, fault) {
+        (Some(err), _) => (400, None, err),
+        (None, Some((st, ra))) => (st, ra, "injected fault".to_string()),
+        (None, None) => (200, None, "ok".to_string()),
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("stub");
+    let rec = Recorded {
+        method: method.to_string(),
+        url: format!("http://{host}{uri}"),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(body).into_owned(),
+        status,
+    };
+    if let Some(f) = &s.file {
+        if let (Ok(mut f), Ok(line)) = (f.lock(), serde_json::to_string(&rec)) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    if let Ok(mut r) = s.recorded.lock() {
+        r.push(rec);
+    }
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (code, message).into_response();
+    if let Some(ra) = retry_after {
+        if let Ok(v) = ra.to_string().parse() {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
+}
+
+fn idempotency_problem(headers: &HeaderMap) -> Option<String> {
+    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(k) if !k.is_empty() => None,
+        _ => Some("missing Idempotency-Key".into()),
+    }
+}
+
+async fn owneriq(State(s): State<Arc<StubState>>, uri: Uri, headers: HeaderMap) -> Response {
+    let problem = idempotency_problem(&headers).or_else(|| {
+        let q = uri.query().unwrap_or_default();
+        let has = |k: &str| {
+            q.split('&')
+                .any(|kv| kv.starts_with(&format!("{k}=")) && kv.len() > k.len() + 1)
+        };
+        if !has("pt") || !has("s") {
+            return Some("pt and s are required".into());
+        }
+        match decode_t(&uri.to_string()) {
+            Some(pairs) if pairs.iter().any(|(k, _)| k == "customer_id") => None,
+            Some(_) => Some("t has no customer_id".into()),
+            None => Some("t is not a list of key|value pairs".into()),
+        }
+    });
+    answer(&s, "GET", &uri, &headers, b"", problem).await
+}
+
+async fn seg(
+    State(s): State<Arc<StubState>>,
+    Path(website_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let problem = idempotency_problem(&headers)
+        .or_else(|| {
+            (uuid::Uuid::try_parse(&website_id).is_err())
+                .then(|| format!("website id {website_id:?} is not a GUID"))
+        })
+        .or_else(|| {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            (!ct.starts_with("application/json"))
+                .then(|| "Content-Type must be application/json".into())
+        })
+        .or_else(|| match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(o))
+                if o.get("type").and_then(Value::as_str).is_some()
+                    && o.get("messageId").and_then(Value::as_str).is_some() =>
+            {
+                None
+            }
+            Ok(_) => Some("body must be an object with type and messageId".into()),
+            Err(e) => Some(format!("body is not JSON: {e}")),
+        });
+    answer(&s, "POST", &uri, &headers, &body, problem).await
+}
+
+/// `eventrelay stub`: serve until SIGINT/SIGTERM.
+pub fn run(listen: &str, record: Option<&std::path::Path>, fault: Fault) -> Result<()> {
+    crate::service::runtime()?.block_on(async {
+        let stub = Stub::start(listen, record).await?;
+        stub.inject(fault);
+        tracing::info!(addr = %stub.addr, "stub destinations listening (OwnerIQ: GET /j/, Seg: POST /v1/{{website_id}}/events; GET /requests, POST/DELETE /faults)");
+        println!("{}", stub.url());
+        crate::service::shutdown_signal().await;
+        Ok(())
+    })
+}
