@@ -60,6 +60,63 @@ pub enum Command {
         #[arg(long)]
         fault_for_secs: Option<f64>,
     },
+    /// Move a consumer group's offsets (dry run unless --execute).
+    Replay {
+        /// Config file (Kafka connection).
+        #[arg(long)]
+        config: PathBuf,
+        /// Consumer group to move (e.g. `eventrelay`, `eventrelay.send.seg`).
+        #[arg(long)]
+        group: String,
+        /// Topic whose offsets to move.
+        #[arg(long)]
+        topic: String,
+        /// Only these partitions, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// To the log start.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset (clamped to the log).
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+        /// To the first record at or after this time (RFC 3339).
+        #[arg(long, group = "to")]
+        to_datetime: Option<String>,
+        /// By this many records from the committed offset (negative re-reads).
+        #[arg(long, group = "to", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets (otherwise print the plan only).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Copy dead letters back to the topic they came from (dry run unless --execute).
+    Redrive {
+        /// Config file (Kafka connection).
+        #[arg(long)]
+        config: PathBuf,
+        /// Dead-letter topic to read.
+        #[arg(long)]
+        from: String,
+        /// Only dead letters with this reason (e.g. http_400).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only dead letters written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start at the beginning of the topic, not after the last redrive.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Copy them (otherwise report only).
+        #[arg(long)]
+        execute: bool,
+    },
     /// The whole system on one machine: embedded Kafka, stand-in destinations, sample events.
     Demo {
         /// How many times to send the sample events (each copy with fresh messageIds).
@@ -94,6 +151,67 @@ pub fn main() -> i32 {
             Config::load(Some(&config)).and_then(|cfg| crate::service::run(cfg, role))
         }
         Command::Demo { repeat } => crate::demo::run(repeat),
+        Command::Replay {
+            config,
+            group,
+            topic,
+            partitions,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            shift_by,
+            execute,
+        } => (|| {
+            use crate::ops::replay::{parse_datetime, ReplayArgs, Target};
+            let target = match (to_earliest, to_latest, to_offset, to_datetime, shift_by) {
+                (true, ..) => Target::Earliest,
+                (_, true, ..) => Target::Latest,
+                (_, _, Some(o), ..) => Target::Offset(o),
+                (_, _, _, Some(d), _) => Target::Datetime(parse_datetime(&d)?),
+                (.., Some(n)) => Target::ShiftBy(n),
+                _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N, --to-datetime T or --shift-by N"),
+            };
+            let cfg = Config::load(Some(&config))?;
+            crate::ops::replay::run(
+                &cfg,
+                &ReplayArgs {
+                    group: &group,
+                    topic: &topic,
+                    partitions: &partitions,
+                    target,
+                    execute,
+                },
+            )
+            .map(|_| ())
+        })(),
+        Command::Redrive {
+            config,
+            from,
+            reason,
+            since,
+            limit,
+            from_beginning,
+            execute,
+        } => (|| {
+            let cfg = Config::load(Some(&config))?;
+            let since_ms = since
+                .as_deref()
+                .map(crate::ops::replay::parse_datetime)
+                .transpose()?;
+            crate::ops::redrive::run(
+                &cfg,
+                &crate::ops::redrive::RedriveArgs {
+                    from: &from,
+                    reason: reason.as_deref(),
+                    since_ms,
+                    limit,
+                    from_beginning,
+                    execute,
+                },
+            )
+            .map(|_| ())
+        })(),
         Command::Stub {
             listen,
             record,

@@ -45,15 +45,16 @@ impl EventType {
     }
 
     fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "identify" => EventType::Identify,
-            "track" => EventType::Track,
-            "page" => EventType::Page,
-            "screen" => EventType::Screen,
-            "group" => EventType::Group,
-            "alias" => EventType::Alias,
-            _ => return None,
-        })
+        [
+            EventType::Identify,
+            EventType::Track,
+            EventType::Page,
+            EventType::Screen,
+            EventType::Group,
+            EventType::Alias,
+        ]
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -76,22 +77,28 @@ pub enum Ecommerce {
 impl Ecommerce {
     /// Recognise an event name, or `None` for any other event.
     pub fn from_name(name: &str) -> Option<Self> {
-        if name.len() > 64 {
-            return None;
+        // Lowercase ASCII letters only, separators dropped, on the stack: this runs for every
+        // track event and every destination.
+        let mut buf = [0u8; 32];
+        let mut n = 0;
+        for b in name.bytes() {
+            if matches!(b, b' ' | b'_' | b'-') {
+                continue;
+            }
+            if !b.is_ascii_alphabetic() || n == buf.len() {
+                return None;
+            }
+            buf[n] = b.to_ascii_lowercase();
+            n += 1;
         }
-        let squashed: String = name
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '_' | '-'))
-            .flat_map(char::to_lowercase)
-            .collect();
-        Some(match squashed.as_str() {
-            "ordercompleted" | "completedorder" => Ecommerce::OrderCompleted,
-            "productviewed" | "viewedproduct" => Ecommerce::ProductViewed,
-            "productadded" | "addedproduct" => Ecommerce::ProductAdded,
-            "productlistviewed"
-            | "viewedproductlist"
-            | "viewedproductcategory"
-            | "productcategoryviewed" => Ecommerce::ProductListViewed,
+        Some(match &buf[..n] {
+            b"ordercompleted" | b"completedorder" => Ecommerce::OrderCompleted,
+            b"productviewed" | b"viewedproduct" => Ecommerce::ProductViewed,
+            b"productadded" | b"addedproduct" => Ecommerce::ProductAdded,
+            b"productlistviewed"
+            | b"viewedproductlist"
+            | b"viewedproductcategory"
+            | b"productcategoryviewed" => Ecommerce::ProductListViewed,
             _ => return None,
         })
     }
@@ -213,17 +220,15 @@ impl Event {
             None | Some(Value::Null) => {
                 return Err(InvalidEvent::new("missing_type", "`type` is missing"))
             }
-            Some(Value::String(t)) => {
-                EventType::parse(&t.to_ascii_lowercase()).ok_or_else(|| {
-                    InvalidEvent::new(
-                        "unknown_type",
-                        format!(
-                            "`type` {:?} is not one of identify, track, page, screen, group, alias",
-                            truncate(t, 40)
-                        ),
-                    )
-                })?
-            }
+            Some(Value::String(t)) => EventType::parse(t).ok_or_else(|| {
+                InvalidEvent::new(
+                    "unknown_type",
+                    format!(
+                        "`type` {:?} is not one of identify, track, page, screen, group, alias",
+                        truncate(t, 40)
+                    ),
+                )
+            })?,
             Some(_) => return Err(InvalidEvent::new("unknown_type", "`type` must be a string")),
         };
         let user_id = id_field(&raw, "userId")?;

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::event::{Ecommerce, Event, EventType};
 use crate::record::{record::Payload, Record, SegEvent};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -69,10 +70,53 @@ pub fn is_email(s: &str) -> bool {
         && !s.chars().any(char::is_whitespace)
 }
 
-fn pick(obj: &mut Map<String, Value>, key: &str, value: Option<&Value>) {
-    if let Some(v) = value.filter(|v| !v.is_null()) {
-        obj.insert(key.to_string(), v.clone());
-    }
+/// The JSON body Seg receives. Borrowed from the event, so `traits` and `properties` are
+/// serialised straight from the parsed input instead of being deep-copied first.
+#[derive(Serialize, Default)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "messageId")]
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<&'a str>,
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traits: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page: Option<Page<'a>>,
+    #[serde(rename = "previousId", skip_serializing_if = "Option::is_none")]
+    previous_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a Value>,
+}
+
+static EMPTY_OBJECT: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| Value::Object(Map::new()));
+
+fn present(v: Option<&Value>) -> Option<&Value> {
+    v.filter(|v| !v.is_null())
 }
 
 impl Destination for Seg {
@@ -85,72 +129,47 @@ impl Destination for Seg {
     }
 
     fn map(&self, event: &Event) -> MapOutcome {
-        let mut body = Map::new();
-        body.insert("type".into(), Value::from(event.kind.as_str()));
-        body.insert("messageId".into(), Value::from(event.message_id.as_str()));
-        pick(
-            &mut body,
-            "timestamp",
-            event.timestamp().map(Value::from).as_ref(),
-        );
-        pick(
-            &mut body,
-            "userId",
-            event.user_id.as_deref().map(Value::from).as_ref(),
-        );
-        pick(
-            &mut body,
-            "anonymousId",
-            event.anonymous_id.as_deref().map(Value::from).as_ref(),
-        );
         let email = event.email();
-        pick(&mut body, "email", email.map(Value::from).as_ref());
-        let props = event.raw.get("properties");
+        let mut body = Body {
+            kind: event.kind.as_str(),
+            message_id: &event.message_id,
+            timestamp: event.timestamp(),
+            user_id: event.user_id.as_deref(),
+            anonymous_id: event.anonymous_id.as_deref(),
+            email,
+            ..Default::default()
+        };
+        let props = present(event.raw.get("properties"));
         match event.kind {
             EventType::Identify => {
                 if email.is_none() {
                     return MapOutcome::Skip("missing_email");
                 }
-                let traits = event
-                    .raw
-                    .get("traits")
-                    .filter(|t| t.is_object())
-                    .cloned()
-                    .unwrap_or_else(|| Value::Object(Map::new()));
-                body.insert("traits".into(), traits);
+                body.traits = Some(present(event.raw.get("traits")).unwrap_or(&*EMPTY_OBJECT));
             }
             EventType::Track => {
                 let Some(name) = event.event_name().and_then(seg_event_name) else {
                     return MapOutcome::Skip("unmapped_event");
                 };
-                body.insert("event".into(), Value::from(name));
-                body.insert(
-                    "properties".into(),
-                    props.cloned().unwrap_or_else(|| Value::Object(Map::new())),
-                );
+                body.event = Some(name);
+                body.properties = Some(props.unwrap_or(&*EMPTY_OBJECT));
                 if let Some(page) = event.context_object("page") {
-                    let mut p = Map::new();
-                    pick(&mut p, "url", page.get("url"));
-                    pick(&mut p, "title", page.get("title"));
-                    if !p.is_empty() {
-                        body.insert("page".into(), Value::Object(p));
+                    let (url, title) = (present(page.get("url")), present(page.get("title")));
+                    if url.is_some() || title.is_some() {
+                        body.page = Some(Page { url, title });
                     }
                 }
             }
             EventType::Page => {
-                pick(&mut body, "name", event.raw.get("name"));
+                body.name = present(event.raw.get("name"));
                 let ctx_page = event.context_object("page");
-                for key in ["url", "title"] {
-                    let v = props
-                        .and_then(|p| p.get(key))
-                        .filter(|v| !v.is_null())
-                        .or_else(|| ctx_page.and_then(|p| p.get(key)));
-                    pick(&mut body, key, v);
-                }
-                body.insert(
-                    "properties".into(),
-                    props.cloned().unwrap_or_else(|| Value::Object(Map::new())),
-                );
+                let from = |key: &str| {
+                    present(props.and_then(|p| p.get(key)))
+                        .or_else(|| present(ctx_page.and_then(|p| p.get(key))))
+                };
+                body.url = from("url");
+                body.title = from("title");
+                body.properties = Some(props.unwrap_or(&*EMPTY_OBJECT));
             }
             EventType::Alias => {
                 let previous = event.str_field("previousId").unwrap_or_default();
@@ -158,13 +177,13 @@ impl Destination for Seg {
                 if !(is_email(previous) && is_email(user)) {
                     return MapOutcome::Skip("alias_not_email");
                 }
-                body.insert("previousId".into(), Value::from(previous));
+                body.previous_id = Some(previous);
             }
             EventType::Screen | EventType::Group => return MapOutcome::Skip("unsupported_type"),
         }
-        match serde_json::to_vec(&Value::Object(body)) {
+        match serde_json::to_vec(&body) {
             Ok(bytes) => MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: bytes })]),
-            // Serialising a Value cannot fail; keep the arm total anyway.
+            // Serialising borrowed JSON values cannot fail; keep the arm total anyway.
             Err(_) => MapOutcome::Reject("unserializable"),
         }
     }

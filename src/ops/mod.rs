@@ -1,6 +1,9 @@
 //! Operations: Prometheus metrics, `/healthz` and `/readyz`, logging set-up, and the offset
 //! tools (`replay`, `redrive`) operators use when something went wrong.
 
+pub mod redrive;
+pub mod replay;
+
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -176,7 +179,8 @@ pub fn init_logging(format: &str, default_level: &str) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if format == "json" {
         builder.json().try_init()
     } else {

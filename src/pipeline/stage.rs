@@ -29,6 +29,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -466,8 +467,10 @@ fn produce(producer: &MapProducer, mut record: BaseRecord<'_, [u8], [u8], Box<Sl
 /// One record to produce for an input record.
 struct Output<'a> {
     topic: &'a str,
-    key: Vec<u8>,
-    value: Vec<u8>,
+    /// As read for dead letters (a null key stays null), the user key for records.
+    key: Option<&'a [u8]>,
+    /// As read for dead letters (a null value stays null), the encoded record otherwise.
+    value: Option<Cow<'a, [u8]>>,
     headers: Option<OwnedHeaders>,
 }
 
@@ -484,10 +487,16 @@ fn process(
         partition: slot.partition,
         offset: slot.offset,
     };
-    let payload = job.payload.as_deref().unwrap_or_default();
+    let payload = job.payload.as_deref();
     let key = job.key.as_deref();
+    let mapped = map_input(
+        &route.dests,
+        payload.unwrap_or_default(),
+        Some(&source),
+        job.timestamp_ms,
+    );
     let mut outputs: Vec<Output<'_>> = Vec::new();
-    match map_input(&route.dests, payload, Some(&source), job.timestamp_ms) {
+    match &mapped {
         Err(invalid) => {
             local.invalid += 1;
             metrics::counter!("eventrelay_events_invalid_total", "reason" => invalid.reason)
@@ -502,13 +511,13 @@ fn process(
             );
             outputs.push(Output {
                 topic: &route.dlq,
-                key: key.unwrap_or_default().to_vec(),
-                value: payload.to_vec(),
+                key,
+                value: payload.map(Cow::Borrowed),
                 headers: Some(h),
             });
         }
         Ok((event, routed)) => {
-            for (i, r) in routed.into_iter().enumerate() {
+            for (i, r) in routed.iter().enumerate() {
                 let name = route.dests[i].name();
                 match r {
                     Routed::Records(records) => {
@@ -518,20 +527,20 @@ fn process(
                                 .increment(1);
                             outputs.push(Output {
                                 topic: &route.topics[i],
-                                key: event.user_key().as_bytes().to_vec(),
-                                value: record.encode_to_vec(),
+                                key: Some(event.user_key().as_bytes()),
+                                value: Some(Cow::Owned(record.encode_to_vec())),
                                 headers: None,
                             });
                         }
                     }
                     Routed::Skipped(reason) => {
                         local.count(name, format!("skipped:{reason}"));
-                        metrics::counter!("eventrelay_events_skipped_total", "destination" => name, "reason" => reason)
+                        metrics::counter!("eventrelay_events_skipped_total", "destination" => name, "reason" => *reason)
                             .increment(1);
                     }
                     Routed::Rejected(reason) => {
                         local.count(name, format!("rejected:{reason}"));
-                        metrics::counter!("eventrelay_events_rejected_total", "destination" => name, "reason" => reason)
+                        metrics::counter!("eventrelay_events_rejected_total", "destination" => name, "reason" => *reason)
                             .increment(1);
                         let msg = format!("{name} rejected the event: {reason}");
                         let h = error_headers(
@@ -544,8 +553,8 @@ fn process(
                         );
                         outputs.push(Output {
                             topic: &route.dlq,
-                            key: key.unwrap_or_default().to_vec(),
-                            value: payload.to_vec(),
+                            key,
+                            value: payload.map(Cow::Borrowed),
                             headers: Some(h),
                         });
                     }
@@ -556,9 +565,13 @@ fn process(
     // One mapping token was registered; it becomes one piece of work per output.
     progress.adjust(&slot, outputs.len() as i64 - 1);
     for out in outputs {
-        let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()))
-            .key(out.key.as_slice())
-            .payload(out.value.as_slice());
+        let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()));
+        if let Some(k) = out.key {
+            rec = rec.key(k);
+        }
+        if let Some(v) = out.value.as_deref() {
+            rec = rec.payload(v);
+        }
         if let Some(h) = out.headers {
             rec = rec.headers(h);
         }
