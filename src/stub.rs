@@ -34,6 +34,8 @@ pub struct Recorded {
     pub body: String,
     /// Status the stub answered.
     pub status: u16,
+    /// When it arrived (ms since the epoch).
+    pub at_ms: i64,
 }
 
 /// A fault to inject.
@@ -54,6 +56,8 @@ pub struct Fault {
     pub down_secs: Option<f64>,
     /// Only requests whose path starts with this (`/j/` for OwnerIQ, `/v1/` for Seg).
     pub path_prefix: Option<String>,
+    /// Only the next this-many matching requests (then the fault is spent).
+    pub count: Option<u32>,
 }
 
 struct ActiveFault {
@@ -224,21 +228,21 @@ fn fault_for(s: &StubState, path: &str) -> (Option<(u16, Option<u64>)>, u64) {
         return (None, 0);
     };
     let now = Instant::now();
-    faults.retain(|f| f.until.is_none_or(|u| u > now));
+    faults.retain(|f| f.until.is_none_or(|u| u > now) && f.fault.count != Some(0));
     let mut latency = 0;
     let mut answer = None;
-    for f in faults.iter() {
-        if f.fault
-            .path_prefix
-            .as_deref()
-            .is_some_and(|p| !path.starts_with(p))
-        {
+    for f in faults.iter_mut() {
+        let prefix = f.fault.path_prefix.as_deref();
+        if prefix.is_some_and(|p| !path.starts_with(p)) {
             continue;
         }
         latency = latency.max(f.fault.latency_ms.unwrap_or(0));
         if let Some(status) = f.fault.status {
             if answer.is_none() && rand::random::<f64>() < f.fault.rate.unwrap_or(1.0) {
                 answer = Some((status, f.fault.retry_after));
+                if let Some(c) = &mut f.fault.count {
+                    *c = c.saturating_sub(1);
+                }
             }
         }
     }
@@ -280,6 +284,7 @@ async fn answer(
             .collect(),
         body: String::from_utf8_lossy(body).into_owned(),
         status,
+        at_ms: crate::event::now_millis(),
     };
     if let Some(f) = &s.file {
         if let (Ok(mut f), Ok(line)) = (f.lock(), serde_json::to_string(&rec)) {
