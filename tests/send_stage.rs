@@ -257,7 +257,7 @@ async fn timeouts_are_retried() {
         "timeout_ms = 300\nbackoff_min_ms = 50\nbackoff_max_ms = 300",
     );
     let running = Running::start(&cfg, Role::All).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_ready(&running).await;
     stub.inject(Fault {
         latency_ms: Some(1000),
         for_secs: Some(1.5),
