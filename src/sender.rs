@@ -81,6 +81,8 @@ pub mod headers {
 struct Item {
     slot: Slot,
     progress: Arc<Progress>,
+    /// Read from the retry topic: its retry headers (attempts, first attempt) count.
+    retried: bool,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Option<OwnedHeaders>,
@@ -174,6 +176,8 @@ impl Lane {
                     "timeout"
                 } else if e.is_connect() {
                     "connect_error"
+                } else if e.is_builder() {
+                    "invalid_request"
                 } else {
                     "error"
                 };
@@ -181,7 +185,13 @@ impl Lane {
                     .increment(1);
                 Err(AttemptError {
                     status: None,
-                    class: AnswerClass::Retryable,
+                    // A request that cannot even be built (e.g. a header value with control
+                    // characters) will never succeed.
+                    class: if e.is_builder() {
+                        AnswerClass::Permanent
+                    } else {
+                        AnswerClass::Retryable
+                    },
                     retry_after: None,
                     message: format!("{label}: {e}"),
                 })
@@ -211,12 +221,13 @@ impl Lane {
                 return self.finish_dead(item, reason, &message, None, 0).await;
             }
         };
-        let prior: u32 = item
-            .header(headers::ATTEMPTS)
+        // Retry headers count only on the retry topic: a dead letter redriven to `dest.<d>`
+        // starts a fresh retry window.
+        let retry_header = |name: &str| item.retried.then(|| item.header(name)).flatten();
+        let prior: u32 = retry_header(headers::ATTEMPTS)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
-        let first_ms: i64 = item
-            .header(headers::FIRST)
+        let first_ms: i64 = retry_header(headers::FIRST)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(now_millis);
         let attempts = AtomicU32::new(0);
@@ -397,6 +408,25 @@ fn origin_of(item: &Item) -> (String, String, String) {
     }
 }
 
+/// Wait for every lane; dropping the returned future (on timeout) aborts those still running.
+async fn futures_join(lanes: Vec<tokio::task::JoinHandle<()>>) {
+    let aborts: Vec<_> = lanes.iter().map(|l| l.abort_handle()).collect();
+    let _guard = AbortOnDrop(aborts);
+    for l in lanes {
+        let _ = l.await;
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            a.abort();
+        }
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
@@ -459,20 +489,24 @@ pub async fn run_send_stage(
     }
     let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
+    // Either consumer failing stops both, so the stage ends and the process restarts instead
+    // of half the destination going unconsumed.
+    let failed = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
     for (topic, group, retry) in [
         (k.destination_topic(name), group.clone(), false),
         (k.retry_topic(name), format!("{group}.retry"), true),
     ] {
-        let (cfg_k, b, stop, health, senders) = (
+        let (cfg_k, b, stop, failed, health, senders) = (
             k.clone(),
             bootstrap.to_string(),
             stop.clone(),
+            failed.clone(),
             health.clone(),
             senders.clone(),
         );
         consumers.push(tokio::task::spawn_blocking(move || {
-            consume(ConsumeArgs {
+            let r = consume(ConsumeArgs {
                 kafka: &cfg_k,
                 bootstrap: &b,
                 topic: &topic,
@@ -480,9 +514,14 @@ pub async fn run_send_stage(
                 retry,
                 lanes: senders,
                 stop: &stop,
+                failed: &failed,
                 health,
                 max_in_flight,
-            })
+            });
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            r
         }));
     }
     drop(senders);
@@ -499,17 +538,17 @@ pub async fn run_send_stage(
             Err(e) => result = Err(anyhow!("send consumer panicked: {e}")),
         }
     }
-    // Consumers have committed what finished; give lanes a moment, then stop them.
-    for l in lanes {
-        if tokio::time::timeout(Duration::from_secs(5), l)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                destination = name,
-                "a lane was still busy at shutdown; its record will be re-read"
-            );
-        }
+    // Consumers have committed what finished; give lanes a moment, then stop them (their
+    // unfinished records were not committed and will be read again).
+    let all_lanes = futures_join(lanes);
+    if tokio::time::timeout(Duration::from_secs(5), all_lanes)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            destination = name,
+            "lanes still busy at shutdown; their records will be re-read"
+        );
     }
     tracing::info!(destination = name, "send stage stopped");
     result
@@ -523,6 +562,7 @@ struct ConsumeArgs<'a> {
     retry: bool,
     lanes: Vec<mpsc::Sender<Item>>,
     stop: &'a AtomicBool,
+    failed: &'a AtomicBool,
     health: Arc<Health>,
     max_in_flight: usize,
 }
@@ -544,6 +584,7 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
             group: a.group.to_string(),
             drain_timeout: Duration::from_secs(20),
             transactional: None,
+            closing: AtomicBool::new(false),
         })
         .context("creating send consumer")?;
     consumer
@@ -556,7 +597,7 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
     // Retry topic: partitions waiting for their head record, and when it is due.
     let mut waiting: HashMap<i32, i64> = HashMap::new();
     let mut result = Ok(());
-    while !a.stop.load(Ordering::Relaxed) {
+    while !a.stop.load(Ordering::Relaxed) && !a.failed.load(Ordering::Relaxed) {
         if progress.with(|t| t.has_failed()) {
             result = Err(anyhow!(
                 "a record could not be handed on; stopping so a restart retries it"
@@ -575,7 +616,7 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
                 let _ = consumer.pause(&asg);
                 paused_all = true;
             }
-        } else if paused_all && pending < a.max_in_flight / 2 {
+        } else if paused_all && pending <= a.max_in_flight / 2 {
             if let Ok(asg) = consumer.assignment() {
                 let keep: TopicPartitionList = partitions(
                     a.topic,
@@ -611,9 +652,6 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
             }
         };
         if a.retry {
-            if waiting.contains_key(&msg.partition()) {
-                continue; // fetched before the pause took effect; re-read after resume
-            }
             let due = msg
                 .headers()
                 .and_then(|h| {
@@ -637,12 +675,12 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
                 continue;
             }
         }
-        let Some(item) = item_for(&msg, &progress) else {
+        let Some(item) = item_for(&msg, &progress, a.retry) else {
             continue;
         };
         let idx = match &item.key {
             Some(k) => (hasher.hash_one(k) % a.lanes.len() as u64) as usize,
-            None => (item.slot.offset as usize) % a.lanes.len(),
+            None => (item.slot.partition.unsigned_abs() as usize) % a.lanes.len(),
         };
         if a.lanes[idx].blocking_send(item).is_err() {
             result = Err(anyhow!("lane {idx} stopped"));
@@ -652,6 +690,7 @@ fn consume(a: ConsumeArgs<'_>) -> Result<()> {
     if let Err(e) = ctx.finish_and_commit(&consumer, None) {
         tracing::warn!(error = %e, "final commit failed");
     }
+    ctx.closing.store(true, Ordering::Relaxed);
     consumer.unsubscribe();
     result
 }
@@ -664,11 +703,12 @@ fn partitions(topic: &str, ps: impl Iterator<Item = i32>) -> TopicPartitionList 
     tpl
 }
 
-fn item_for(msg: &BorrowedMessage<'_>, progress: &Arc<Progress>) -> Option<Item> {
+fn item_for(msg: &BorrowedMessage<'_>, progress: &Arc<Progress>, retried: bool) -> Option<Item> {
     let slot = progress.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
     Some(Item {
         slot,
         progress: progress.clone(),
+        retried,
         key: msg.key().map(<[u8]>::to_vec),
         payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers: msg.headers().map(|h| h.detach()),

@@ -22,7 +22,7 @@ struct Stage {
 }
 
 fn start(cfg: &eventrelay::config::Config, bootstrap: &str) -> Stage {
-    eventrelay::ops::init_logging("human", "info");
+    eventrelay::ops::init_logging("human", "warn");
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(MapStats::default());
     let (cfg, b, s, st) = (
@@ -215,6 +215,7 @@ fn two_instances_one_leaving_midway_lose_nothing() {
 fn spawn_run(config_path: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_eventrelay"))
         .args(["run", "--role", "map", "--config"])
+        .env("EVENTRELAY_INSTANCE", "test-0")
         .arg(config_path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

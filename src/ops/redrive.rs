@@ -1,7 +1,8 @@
 //! `eventrelay redrive`: copy dead letters back to the topic they came from (their
 //! `eventrelay.error.topic` header), after the cause was fixed. Filters by reason and time, with
 //! a limit; a dry run unless `--execute`. The copies keep key, value and the original headers,
-//! drop the `eventrelay.error.*` headers, and carry `eventrelay.redrive.count`.
+//! drop the `eventrelay.error.*` and `eventrelay.retry.*` headers (a redriven record starts a
+//! fresh retry window), and carry `eventrelay.redrive.count`.
 //!
 //! Progress is remembered in the consumer group `<group_id>.redrive.<dlq topic>`, so running it
 //! again after `--execute` does not copy the same dead letters twice (`--from-beginning`
@@ -50,7 +51,7 @@ pub fn redrive_headers(h: Option<&OwnedHeaders>) -> OwnedHeaders {
                     .unwrap_or(0);
                 continue;
             }
-            if hd.key.starts_with("eventrelay.error.") {
+            if hd.key.starts_with("eventrelay.error.") || hd.key.starts_with("eventrelay.retry.") {
                 continue;
             }
             out = out.insert(Header {

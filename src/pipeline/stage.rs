@@ -45,6 +45,8 @@ pub struct MapStats {
     /// Input records whose mapping is finished and counted in `outcomes` (they may still be
     /// on their way to the broker).
     pub processed: AtomicU64,
+    /// Output records (destination records and dead letters) acknowledged by the broker.
+    pub acked: AtomicU64,
     /// Per (destination, outcome): `produced`, `skipped:<reason>`, `rejected:<reason>`.
     pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
 }
@@ -59,6 +61,7 @@ impl MapStats {
 /// Producer context: delivery reports finish work in the tracker.
 struct ProduceCtx {
     progress: Arc<Progress>,
+    stats: Arc<MapStats>,
 }
 
 impl ClientContext for ProduceCtx {}
@@ -68,7 +71,10 @@ impl ProducerContext for ProduceCtx {
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
         match result {
-            Ok(_) => self.progress.adjust(&slot, -1),
+            Ok(_) => {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                self.progress.adjust(&slot, -1)
+            }
             Err((e, m)) => {
                 tracing::error!(error = %e, topic = m.topic(), input_offset = slot.offset,
                     "produce failed for good; the input offset will not be committed past it");
@@ -165,6 +171,7 @@ pub fn run_map_stage(
     }
     let producer: Arc<MapProducer> = Arc::new(
         pc.create_with_context(ProduceCtx {
+            stats: stats.clone(),
             progress: progress.clone(),
         })
         .context("creating producer")?,
@@ -201,6 +208,7 @@ pub fn run_map_stage(
             group: k.group_id.clone(),
             drain_timeout: Duration::from_secs(20),
             transactional,
+            closing: AtomicBool::new(false),
         })
         .context("creating consumer")?;
     consumer
@@ -243,15 +251,20 @@ pub fn run_map_stage(
     if let Err(e) = &closing {
         tracing::warn!(error = %e, "final commit failed");
     }
+    ctx.closing.store(true, Ordering::Relaxed);
     consumer.unsubscribe();
+    drop(consumer);
     tracing::info!("map stage stopped");
     result.and(closing)
 }
 
 fn transactional_suffix() -> String {
-    // One transactional id per process instance: a restarted instance fences its predecessor
-    // only if it reuses the id, so take it from the environment when given (e.g. a pod name).
-    std::env::var("EVENTRELAY_INSTANCE").unwrap_or_else(|_| "0".into())
+    // One transactional id per process: two instances of the group sharing one would fence
+    // each other in turn. `EVENTRELAY_INSTANCE` (a pod name, say) keeps it stable across
+    // restarts, so a restarted instance aborts its predecessor's open transaction at once
+    // instead of letting it time out; without it, a random id per process.
+    std::env::var("EVENTRELAY_INSTANCE")
+        .unwrap_or_else(|_| format!("{:016x}", rand::random::<u64>()))
 }
 
 fn consume_loop(
@@ -294,7 +307,7 @@ fn consume_loop(
                 let _ = consumer.pause(&a);
                 paused = true;
             }
-        } else if paused && pending < max_in_flight / 2 {
+        } else if paused && pending <= max_in_flight / 2 {
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.resume(&a);
             }
@@ -323,7 +336,7 @@ fn consume_loop(
         };
         let idx = match &job.key {
             Some(k) => (hasher.hash_one(k) % senders.len() as u64) as usize,
-            None => (job.slot.offset as usize) % senders.len(),
+            None => (job.slot.partition.unsigned_abs() as usize) % senders.len(),
         };
         // Blocks when the worker is full: backpressure up to the consumer.
         if senders[idx].send(job).is_err() {
@@ -448,20 +461,42 @@ fn error_headers(
 
 /// Hand one record to the producer, retrying while its queue is full. `false` when the
 /// producer refused it for good (e.g. larger than the broker accepts).
-fn produce(producer: &MapProducer, mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>) -> bool {
+fn produce(
+    producer: &MapProducer,
+    mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
-            Ok(()) => return true,
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err((e, r)) => {
                 tracing::error!(error = %e, topic = r.topic, "cannot produce record");
-                return false;
+                return Err(e);
             }
         }
     }
+}
+
+fn record_for<'a>(
+    out: &Output<'a>,
+    value: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    slot: &Slot,
+) -> BaseRecord<'a, [u8], [u8], Box<Slot>> {
+    let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()));
+    if let Some(k) = out.key {
+        rec = rec.key(k);
+    }
+    if let Some(v) = value {
+        rec = rec.payload(v);
+    }
+    if let Some(h) = headers {
+        rec = rec.headers(h);
+    }
+    rec
 }
 
 /// One record to produce for an input record.
@@ -565,17 +600,24 @@ fn process(
     // One mapping token was registered; it becomes one piece of work per output.
     progress.adjust(&slot, outputs.len() as i64 - 1);
     for out in outputs {
-        let mut rec = BaseRecord::with_opaque_to(out.topic, Box::new(slot.clone()));
-        if let Some(k) = out.key {
-            rec = rec.key(k);
-        }
-        if let Some(v) = out.value.as_deref() {
-            rec = rec.payload(v);
-        }
-        if let Some(h) = out.headers {
-            rec = rec.headers(h);
-        }
-        if !produce(producer, rec) {
+        let build = |value, headers| record_for(&out, value, headers, &slot);
+        let sent = match produce(producer, build(out.value.as_deref(), out.headers.clone())) {
+            // A dead letter too large for the producer (an oversized input plus headers): keep
+            // the verdict and the coordinates, drop the value, rather than stop the pipeline.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                if out.headers.is_some() =>
+            {
+                let h = out.headers.clone().map(|h| {
+                    h.insert(Header {
+                        key: "eventrelay.error.value_dropped",
+                        value: Some("too large for the dead-letter topic"),
+                    })
+                });
+                produce(producer, build(None, h))
+            }
+            other => other,
+        };
+        if sent.is_err() {
             // Nothing will acknowledge it: the offset must never be committed past it.
             progress.fail(&slot);
         }

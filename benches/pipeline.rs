@@ -1,0 +1,349 @@
+//! Map stage vs a plain pass-through on the same broker, in one go.
+//!
+//! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N]`
+//! (`scripts/bench_map.sh` runs it on the mock cluster and on tansu). Without `--bootstrap` it
+//! uses an embedded mock cluster, whose per-partition log is bounded (SPEC §8), so the default
+//! there is 32 k events (4 partitions × 8 k of ~2.4 KB).
+//!
+//! 1. Throughput: N events are produced to an input topic first; then the pass-through
+//!    (consume → produce the same bytes, same client settings, no parsing, commits the same
+//!    way) and the map stage each drain it with a fresh consumer group. Events/s is measured
+//!    from the first record read to the last output acknowledged.
+//! 2. Latency at half the peak: events are produced at half the map stage's peak rate for a
+//!    few seconds while the stage runs; p50/p99 from an input record's timestamp to when a
+//!    reader sees its output record.
+
+#[path = "corpus.rs"]
+mod corpus;
+
+use eventrelay::config::Config;
+use eventrelay::kafka::{client_config, ensure_topics, Embedded};
+use eventrelay::ops::Health;
+use eventrelay::pipeline::stage::{run_map_stage, MapStats};
+use eventrelay::record::Record;
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOPICS: &[&str] = &[
+    "segment.events",
+    "segment.events.dlq",
+    "dest.owneriq",
+    "dest.owneriq.retry",
+    "dest.owneriq.dlq",
+    "dest.seg",
+    "dest.seg.retry",
+    "dest.seg.dlq",
+    "bench.passthrough",
+];
+
+fn now_ms() -> i64 {
+    eventrelay::event::now_millis()
+}
+
+fn cfg(bootstrap: &str, group: &str) -> Config {
+    let mut c = Config::from_toml(&format!(
+        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n{}",
+        include_str!("../examples/eventrelay.toml")
+            .split_once("[metrics]")
+            .map(|(_, r)| format!("[metrics]{r}"))
+            .unwrap_or_default()
+    ))
+    .expect("config");
+    c.metrics.listen = "127.0.0.1:0".into();
+    c
+}
+
+/// Produce `n` events cycling through `pool`, each with the current time as its timestamp;
+/// at most `rate` per second when given.
+fn produce(bootstrap: &str, pool: &[Vec<u8>], n: usize, rate: Option<f64>) {
+    let c = cfg(bootstrap, "x");
+    let p: BaseProducer = client_config(&c.kafka, bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(r) = rate {
+            let due = Duration::from_secs_f64(i as f64 / r);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let v = &pool[i % pool.len()];
+        let key = format!("user-{}", i % 5000);
+        let mut rec = BaseRecord::<str, [u8]>::to("segment.events")
+            .key(&key)
+            .payload(v)
+            .timestamp(now_ms());
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+struct Counting(Arc<AtomicU64>);
+impl ClientContext for Counting {}
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if r.is_ok() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Consume the input and produce the same bytes, with the map stage's client settings.
+/// Returns events/s from the first record read to the last acknowledged.
+fn pass_through(bootstrap: &str, n: u64) -> f64 {
+    let c = cfg(bootstrap, "bench-pt");
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Counting> = client_config(&c.kafka, bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(Counting(acked.clone()))
+        .expect("producer");
+    let consumer: BaseConsumer = client_config(&c.kafka, bootstrap)
+        .set("group.id", format!("bench-pt-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["segment.events"]).expect("subscribe");
+    let mut first = None;
+    let mut read = 0u64;
+    let mut last_commit = Instant::now();
+    while acked.load(Ordering::Relaxed) < n {
+        if last_commit.elapsed() > Duration::from_millis(500) {
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        if read >= n {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        first.get_or_insert_with(Instant::now);
+        read += 1;
+        let mut rec = BaseRecord::<[u8], [u8]>::to("bench.passthrough");
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        if let Some(v) = m.payload() {
+            rec = rec.payload(v);
+        }
+        if let Some(t) = m.timestamp().to_millis() {
+            rec = rec.timestamp(t);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    n as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64())
+}
+
+struct Stage {
+    stop: Arc<AtomicBool>,
+    stats: Arc<MapStats>,
+    handle: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_map(bootstrap: &str, group: &str) -> Stage {
+    let c = cfg(bootstrap, group);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(MapStats::default());
+    let (b, s, st) = (bootstrap.to_string(), stop.clone(), stats.clone());
+    let handle =
+        std::thread::spawn(move || run_map_stage(&c, &b, s, st, Arc::new(Health::default())));
+    Stage {
+        stop,
+        stats,
+        handle,
+    }
+}
+
+impl Stage {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
+/// Outputs the map stage produces for `pool` cycled to `n` events.
+fn expected_outputs(pool: &[Vec<u8>], n: usize) -> u64 {
+    let c = cfg("127.0.0.1:1", "x");
+    let dests: Vec<_> = c
+        .destinations()
+        .expect("dests")
+        .into_iter()
+        .map(|d| d.dest)
+        .collect();
+    let per: Vec<u64> = pool
+        .iter()
+        .map(
+            |e| match eventrelay::pipeline::map_input(&dests, e, None, 0) {
+                Err(_) => 1,
+                Ok((_, routed)) => routed
+                    .iter()
+                    .map(|r| match r {
+                        eventrelay::destinations::Routed::Records(v) => v.len() as u64,
+                        eventrelay::destinations::Routed::Rejected(_) => 1,
+                        eventrelay::destinations::Routed::Skipped(_) => 0,
+                    })
+                    .sum(),
+            },
+        )
+        .collect();
+    (0..n).map(|i| per[i % pool.len()]).sum()
+}
+
+/// Map stage events/s from the first record read to the last output acknowledged.
+fn map_throughput(bootstrap: &str, pool: &[Vec<u8>], n: u64) -> f64 {
+    let want = expected_outputs(pool, n as usize);
+    let stage = start_map(bootstrap, &format!("bench-map-{}", now_ms()));
+    while stage.stats.consumed.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let first = Instant::now();
+    while stage.stats.acked.load(Ordering::Relaxed) < want {
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let rate = n as f64 / first.elapsed().as_secs_f64();
+    stage.stop();
+    rate
+}
+
+fn percentile(v: &mut [i64], q: f64) -> i64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(-1)
+}
+
+/// Map stage p50/p99 from an input record's timestamp to its dest.seg record being readable,
+/// at `rate` events/s for `secs`.
+fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64) {
+    let topic = "dest.seg";
+    let reader: BaseConsumer = client_config(&cfg(bootstrap, "x").kafka, bootstrap)
+        .set("group.id", "bench-latency")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("md");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::End)
+            .expect("tpl");
+    }
+    reader.assign(&tpl).expect("assign");
+    let stage = start_map(bootstrap, &format!("bench-lat-{}", now_ms()));
+    // Let the group form (and drain the backlog) before the paced load starts.
+    std::thread::sleep(Duration::from_secs(6));
+    let n = (rate * secs) as usize;
+    let (b, p) = (bootstrap.to_string(), pool.to_vec());
+    let started = now_ms();
+    let producer = std::thread::spawn(move || produce(&b, &p, n, Some(rate)));
+    let mut lat = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs + 10.0);
+    while Instant::now() < deadline {
+        let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) else {
+            if producer.is_finished() && lat.len() > n / 2 {
+                break;
+            }
+            continue;
+        };
+        let seen = now_ms();
+        let sent = Record::decode(m.payload().unwrap_or_default())
+            .map(|r| r.received_at_ms)
+            .unwrap_or(0);
+        if sent >= started {
+            lat.push(seen - sent);
+        }
+    }
+    let _ = producer.join();
+    stage.stop();
+    (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let external = arg("--bootstrap");
+    let n: usize = arg("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if external.is_some() {
+            1_000_000
+        } else {
+            32_000
+        });
+    let embedded;
+    let bootstrap = match &external {
+        Some(b) => {
+            let c = cfg(b, "x");
+            let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(ensure_topics(&c.kafka, b, &topics))
+                .expect("topics");
+            b.clone()
+        }
+        None => {
+            embedded =
+                Embedded::start(&TOPICS.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 4)
+                    .expect("mock");
+            embedded.bootstrap().to_string()
+        }
+    };
+    let broker = if external.is_some() {
+        "tansu/external"
+    } else {
+        "mock cluster"
+    };
+    let pool = corpus::corpus(10_000);
+    let avg = pool.iter().map(Vec::len).sum::<usize>() / pool.len();
+    eprintln!("producing {n} events (~{avg} bytes) to {bootstrap} ({broker})...");
+    produce(&bootstrap, &pool, n, None);
+    let pt = pass_through(&bootstrap, n as u64);
+    let mp = map_throughput(&bootstrap, &pool, n as u64);
+    println!("\npipeline bench on {broker}: {n} events, ~{avg} bytes each");
+    println!("pass-through (consume → produce same bytes): {pt:.0} events/s");
+    println!("map stage (parse, map both destinations, produce protobuf): {mp:.0} events/s");
+    println!("ratio map/pass-through: {:.2} (goal >= 0.8)", mp / pt);
+    let rate = mp / 2.0;
+    let secs = if external.is_some() { 10.0 } else { 4.0 };
+    let (p50, p99) = latency(&bootstrap, &pool, rate, secs);
+    println!("map stage latency at {rate:.0} events/s (half its peak): p50 {p50} ms, p99 {p99} ms (input timestamp → output readable)");
+}
