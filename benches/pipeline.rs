@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N]`
 //! (`scripts/bench_map.sh` runs it on the mock cluster and on tansu). Without `--bootstrap` it
-//! uses an embedded mock cluster, whose per-partition log is bounded (SPEC §8), so the default
-//! there is 32 k events (4 partitions × 8 k of ~2.4 KB).
+//! uses an embedded mock cluster, whose partitions keep at most 5 MB each, so the default there
+//! is 24 k events over 16 partitions (1.5 k of ~2.4 KB each).
 //!
 //! 1. Throughput: N events are produced to an input topic first; then the pass-through
 //!    (consume → produce the same bytes, same client settings, no parsing, commits the same
@@ -32,6 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The mock keeps at most 5 MB per partition (librdkafka's rdkafka_mock.c), so the mock run
+/// spreads its events over more partitions than usual.
+const MOCK_PARTITIONS: i32 = 16;
+
 const TOPICS: &[&str] = &[
     "segment.events",
     "segment.events.dlq",
@@ -58,6 +62,12 @@ fn cfg(bootstrap: &str, group: &str) -> Config {
     ))
     .expect("config");
     c.metrics.listen = "127.0.0.1:0".into();
+    if let Ok(v) = std::env::var("BENCH_MAX_IN_FLIGHT") {
+        c.map.max_in_flight = v.parse().expect("number");
+    }
+    if let Ok(v) = std::env::var("BENCH_WORKERS") {
+        c.map.workers = v.parse().expect("number");
+    }
     c
 }
 
@@ -308,7 +318,7 @@ fn main() {
         .unwrap_or(if external.is_some() {
             1_000_000
         } else {
-            32_000
+            24_000
         });
     let embedded;
     let bootstrap = match &external {
@@ -321,9 +331,11 @@ fn main() {
             b.clone()
         }
         None => {
-            embedded =
-                Embedded::start(&TOPICS.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 4)
-                    .expect("mock");
+            embedded = Embedded::start(
+                &TOPICS.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                MOCK_PARTITIONS,
+            )
+            .expect("mock");
             embedded.bootstrap().to_string()
         }
     };

@@ -30,7 +30,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -280,6 +280,7 @@ fn consume_loop(
     let commit_every = Duration::from_millis(if cfg.kafka.exactly_once { 100 } else { 500 });
     let mut last_commit = Instant::now();
     let mut paused = false;
+    let consumed = metrics::counter!("eventrelay_events_consumed_total", "topic" => cfg.kafka.input_topic.clone());
     let max_in_flight = cfg.map.max_in_flight;
     while !stop.load(Ordering::Relaxed) {
         if progress.with(|t| t.has_failed()) {
@@ -329,8 +330,7 @@ fn consume_loop(
             }
         };
         stats.consumed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("eventrelay_events_consumed_total", "topic" => msg.topic().to_string())
-            .increment(1);
+        consumed.increment(1);
         let Some(job) = job_for(&msg, progress) else {
             continue;
         };
@@ -362,30 +362,56 @@ fn job_for(msg: &BorrowedMessage<'_>, progress: &Progress) -> Option<Job> {
     })
 }
 
-/// Per-worker counts, merged into the shared stats now and then to keep the lock cold.
+/// What happened to one event at one destination (or to an invalid input), for counting.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Outcome {
+    Produced(&'static str),
+    Skipped(&'static str, &'static str),
+    Rejected(&'static str, &'static str),
+    Invalid(&'static str),
+}
+
+/// Per-worker counts, merged into the shared stats and the Prometheus counters now and then:
+/// nothing is allocated or locked per event for counting.
 #[derive(Default)]
 struct LocalStats {
-    invalid: u64,
-    outcomes: BTreeMap<(String, String), u64>,
+    counts: HashMap<Outcome, u64>,
     since_flush: u32,
 }
 
 impl LocalStats {
-    fn count(&mut self, dest: &str, outcome: String) {
-        *self
-            .outcomes
-            .entry((dest.to_string(), outcome))
-            .or_default() += 1;
+    fn count(&mut self, o: Outcome) {
+        *self.counts.entry(o).or_default() += 1;
     }
 
     fn flush(&mut self, stats: &MapStats) {
-        stats
-            .invalid
-            .fetch_add(std::mem::take(&mut self.invalid), Ordering::Relaxed);
         let processed = self.since_flush as u64;
         if let Ok(mut m) = stats.outcomes.lock() {
-            for (k, v) in std::mem::take(&mut self.outcomes) {
-                *m.entry(k).or_default() += v;
+            for (o, n) in self.counts.drain() {
+                let key = match o {
+                    Outcome::Produced(d) => {
+                        metrics::counter!("eventrelay_records_produced_total", "destination" => d)
+                            .increment(n);
+                        (d.to_string(), "produced".to_string())
+                    }
+                    Outcome::Skipped(d, r) => {
+                        metrics::counter!("eventrelay_events_skipped_total", "destination" => d, "reason" => r)
+                            .increment(n);
+                        (d.to_string(), format!("skipped:{r}"))
+                    }
+                    Outcome::Rejected(d, r) => {
+                        metrics::counter!("eventrelay_events_rejected_total", "destination" => d, "reason" => r)
+                            .increment(n);
+                        (d.to_string(), format!("rejected:{r}"))
+                    }
+                    Outcome::Invalid(r) => {
+                        metrics::counter!("eventrelay_events_invalid_total", "reason" => r)
+                            .increment(n);
+                        stats.invalid.fetch_add(n, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                *m.entry(key).or_default() += n;
             }
         }
         // Counted after the outcomes, so `processed` never runs ahead of them.
@@ -533,9 +559,7 @@ fn process(
     let mut outputs: Vec<Output<'_>> = Vec::new();
     match &mapped {
         Err(invalid) => {
-            local.invalid += 1;
-            metrics::counter!("eventrelay_events_invalid_total", "reason" => invalid.reason)
-                .increment(1);
+            local.count(Outcome::Invalid(invalid.reason));
             let h = error_headers(
                 job.headers.as_ref(),
                 "parse",
@@ -557,9 +581,7 @@ fn process(
                 match r {
                     Routed::Records(records) => {
                         for record in records {
-                            local.count(name, "produced".into());
-                            metrics::counter!("eventrelay_records_produced_total", "destination" => name)
-                                .increment(1);
+                            local.count(Outcome::Produced(name));
                             outputs.push(Output {
                                 topic: &route.topics[i],
                                 key: Some(event.user_key().as_bytes()),
@@ -569,14 +591,10 @@ fn process(
                         }
                     }
                     Routed::Skipped(reason) => {
-                        local.count(name, format!("skipped:{reason}"));
-                        metrics::counter!("eventrelay_events_skipped_total", "destination" => name, "reason" => *reason)
-                            .increment(1);
+                        local.count(Outcome::Skipped(name, reason));
                     }
                     Routed::Rejected(reason) => {
-                        local.count(name, format!("rejected:{reason}"));
-                        metrics::counter!("eventrelay_events_rejected_total", "destination" => name, "reason" => *reason)
-                            .increment(1);
+                        local.count(Outcome::Rejected(name, reason));
                         let msg = format!("{name} rejected the event: {reason}");
                         let h = error_headers(
                             job.headers.as_ref(),
