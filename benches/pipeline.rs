@@ -275,7 +275,28 @@ fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64
             .expect("tpl");
     }
     reader.assign(&tpl).expect("assign");
-    let stage = start_map(bootstrap, &format!("bench-lat-{}", now_ms()));
+    // A group that starts at the log end, so the backlog of the throughput run isn't measured.
+    let group = format!("bench-lat-{}", now_ms());
+    let at_end: BaseConsumer = client_config(&cfg(bootstrap, "x").kafka, bootstrap)
+        .set("group.id", &group)
+        .create()
+        .expect("consumer");
+    let imd = at_end
+        .fetch_metadata(Some("segment.events"), Duration::from_secs(10))
+        .expect("md");
+    let mut ends = TopicPartitionList::new();
+    for p in imd.topics()[0].partitions() {
+        let (_, high) = at_end
+            .fetch_watermarks("segment.events", p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        ends.add_partition_offset("segment.events", p.id(), Offset::Offset(high))
+            .expect("tpl");
+    }
+    at_end
+        .commit(&ends, CommitMode::Sync)
+        .expect("commit end offsets");
+    drop(at_end);
+    let stage = start_map(bootstrap, &group);
     // Let the group form (and drain the backlog) before the paced load starts.
     std::thread::sleep(Duration::from_secs(6));
     let n = (rate * secs) as usize;

@@ -119,6 +119,11 @@ impl Stub {
             .unwrap_or_default()
     }
 
+    /// How many requests were recorded (cheaper than [`Stub::requests`]).
+    pub fn request_count(&self) -> usize {
+        self.state.recorded.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
     /// Inject a fault.
     pub fn inject(&self, fault: Fault) {
         add_fault(&self.state, fault);
