@@ -92,6 +92,9 @@ pub enum Command {
         /// Commit the new offsets (otherwise print the plan only).
         #[arg(long)]
         execute: bool,
+        /// Go ahead when the broker cannot describe the group (liveness then unchecked).
+        #[arg(long)]
+        force: bool,
     },
     /// Copy dead letters back to the topic they came from (dry run unless --execute).
     Redrive {
@@ -162,6 +165,7 @@ pub fn main() -> i32 {
             to_datetime,
             shift_by,
             execute,
+            force,
         } => (|| {
             use crate::ops::replay::{parse_datetime, ReplayArgs, Target};
             let target = match (to_earliest, to_latest, to_offset, to_datetime, shift_by) {
@@ -181,6 +185,7 @@ pub fn main() -> i32 {
                     partitions: &partitions,
                     target,
                     execute,
+                    force,
                 },
             )
             .map(|_| ())
