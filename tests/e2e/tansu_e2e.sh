@@ -8,6 +8,12 @@
 #   2. retries and dead letters: a 4 s window of Seg 503s (everything still delivered, retries
 #      counted), then OwnerIQ answering 400 (records land in dest.owneriq.dlq with the send
 #      error headers, after one attempt).
+#   3. replay and redrive: `eventrelay replay` refuses while group e2e-replay (`run --role map`)
+#      is live; after a stop a dry run changes nothing, `--to-earliest --execute` moves the group
+#      to 0 and a re-run writes every dest.seg record a second time; `--to-offset 5 --partitions
+#      0` moves only partition 0. Then 10 OwnerIQ dead letters (stub answering 400) are redriven
+#      with `eventrelay redrive` once the stub is healthy again (delivered once each, a second
+#      redrive copies nothing).
 # Prints PASS/FAIL lines with figures; exits non-zero on any failure.
 # Needs tansu on PATH (else SKIP, or FAIL with EVENTRELAY_REQUIRE_TANSU=1), python3 with
 # confluent-kafka, and a built eventrelay (target/release, else target/debug; waits up to
@@ -30,11 +36,12 @@ command -v tansu >/dev/null 2>&1 || need_or_skip "tansu is not on PATH"
 python3 -c 'import confluent_kafka' >/dev/null 2>&1 || need_or_skip "python3 has no confluent_kafka"
 
 # --- the eventrelay binary (built by scripts/test.sh; maybe still compiling) ---------------
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 find_bin() {
-  if [ -x target/release/eventrelay ]; then
-    echo "$ROOT/target/release/eventrelay"
-  elif [ -x target/debug/eventrelay ]; then
-    echo "$ROOT/target/debug/eventrelay"
+  if [ -x "$TARGET_DIR/release/eventrelay" ]; then
+    echo "$TARGET_DIR/release/eventrelay"
+  elif [ -x "$TARGET_DIR/debug/eventrelay" ]; then
+    echo "$TARGET_DIR/debug/eventrelay"
   fi
 }
 BIN=$(find_bin)
@@ -778,6 +785,137 @@ def cmd_offsets(path, want):
     done()
 
 
+# --- scenario 3: replay and redrive ----------------------------------------------------------
+
+def load_offsets(path):
+    try:
+        return {k: v for k, v in json.load(open(path)).get("offsets", {}).items()}
+    except (OSError, ValueError):
+        return None
+
+
+def parse_plan(path, topic):
+    """The rows of `eventrelay replay`'s plan table: {partition: {current, target, low, high}}."""
+    rows = {}
+    for ln in open(path, encoding="utf-8", errors="replace"):
+        f = ln.split()
+        if len(f) == 6 and f[0] == topic and f[1].isdigit():
+            try:
+                rows[f[1]] = {"current": None if f[2] == "-" else int(f[2]), "target": int(f[3]),
+                              "low": int(f[4]), "high": int(f[5])}
+            except ValueError:
+                pass
+    return rows
+
+
+def cmd_offsets_sum(path, want, label):
+    offs = load_offsets(path)
+    total = None if offs is None else sum(v or 0 for v in offs.values())
+    check(total == int(want), f"{label}: committed offsets {offs} sum to {total}, expected {want}")
+    done()
+
+
+def cmd_offsets_all(path, want, label):
+    offs = load_offsets(path)
+    check(bool(offs) and all(v == int(want) for v in offs.values()),
+          f"{label}: committed offsets {offs}, expected {want} on every partition")
+    done()
+
+
+def cmd_replay_plan(out, topic, before, after, want_target):
+    """A dry run: a row per partition, target `want_target`, CURRENT = the committed offsets,
+    and the committed offsets unchanged afterwards."""
+    rows = parse_plan(out, topic)
+    b, a = load_offsets(before), load_offsets(after)
+    text = open(out, encoding="utf-8", errors="replace").read()
+    check(bool(rows) and b is not None and set(rows) == set(b)
+          and all(r["target"] == int(want_target) for r in rows.values()),
+          f"replay dry run plan: target {want_target} on every partition "
+          f"({ {p: r['target'] for p, r in rows.items()} }; partitions of the group {sorted(b or {})})")
+    check(bool(rows) and b is not None and all(r["current"] == b.get(p) for p, r in rows.items()),
+          f"replay dry run plan: CURRENT column = committed offsets "
+          f"({ {p: r['current'] for p, r in rows.items()} } vs {b})")
+    check("dry run" in text, "replay dry run says it changed nothing ('dry run' in its output)")
+    check(a is not None and a == b, f"group offsets unchanged by the dry run (before {b}, after {a})")
+    done()
+
+
+def cmd_replay_moved(before, after, counts, partition, offset):
+    """After `--to-offset OFFSET --partitions PARTITION --execute`: that partition at OFFSET
+    clamped to [0, log end], the others unchanged."""
+    b, a = load_offsets(before), load_offsets(after)
+    ends = json.load(open(counts)).get("by_partition", {})
+    end = ends.get(partition)
+    want = dict(b or {})
+    if end is not None:
+        want[partition] = max(0, min(int(offset), int(end)))
+    check(b is not None and end is not None and a == want,
+          f"--to-offset {offset} --partitions {partition}: offsets {a}, expected {want} "
+          f"(before {b}; partition {partition} holds {end} records)")
+    done()
+
+
+def cmd_seg_twice(map_out, records):
+    exp = load_expect(map_out)
+    want = Counter(d["messageId"] for d in exp["requests"].get("seg", []))
+    got = Counter((r["record"] or {}).get("message_id") for r in load_jsonl(records)
+                  if r["topic"] == "dest.seg")
+    twice = sum(1 for m in want if got.get(m) == 2)
+    other = {m: n for m, n in got.items() if n != 2 or m not in want}
+    check(twice == len(want) and not other and len(want) > 0,
+          f"dest.seg after the replay: each of the {len(want)} expected messageIds twice "
+          f"({twice}/{len(want)}; {sum(got.values())} records; wrong counts {len(other)} "
+          f"{list(other.items())[:5]})")
+    done()
+
+
+def cmd_redriven(stub, prefix, n, timeout):
+    """Wait until OwnerIQ answered 200 for prefix1..prefixN; each exactly once."""
+    n = int(n)
+    ids = {f"{prefix}{i}" for i in range(1, n + 1)}
+    t0 = time.monotonic()
+    deadline = t0 + float(timeout)
+
+    def ok200():
+        return Counter(r["headers"].get("idempotency-key") for r in stub_requests(stub)
+                       if dest_of_path(r["url"]) == "owneriq" and r["status"] == 200
+                       and (r["headers"].get("idempotency-key") or "").startswith(prefix))
+
+    while not ids <= set(ok200()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    waited = time.monotonic() - t0
+    time.sleep(1.0)
+    got = ok200()
+    st = Counter(r["status"] for r in stub_requests(stub) if dest_of_path(r["url"]) == "owneriq"
+                 and (r["headers"].get("idempotency-key") or "").startswith(prefix))
+    check(set(got) == ids and all(v == 1 for v in got.values()),
+          f"stub: {sum(got.values())} successful (200) OwnerIQ requests for {prefix}1..{prefix}{n} "
+          f"after the redrive ({len(set(got) & ids)}/{n} ids, repeated "
+          f"{sum(v - 1 for v in got.values() if v > 1)}; all {prefix}* OwnerIQ statuses "
+          f"{dict(st)}; after {waited:.1f}s)")
+    done()
+
+
+def cmd_redrive_copies(records, prefix, n):
+    """dest.owneriq: the originals plus one copy each carrying eventrelay.redrive.count=1 and no
+    eventrelay.error.* header."""
+    n = int(n)
+    recs = [r for r in load_jsonl(records)
+            if ((r["record"] or {}).get("message_id") or "").startswith(prefix)]
+    copies = [r for r in recs if "eventrelay.redrive.count" in r["headers"]]
+    ids = Counter(r["record"]["message_id"] for r in copies)
+    bad = [(r["record"]["message_id"], r["headers"]) for r in copies
+           if r["headers"].get("eventrelay.redrive.count") != "1"
+           or any(k.startswith("eventrelay.error.") for k in r["headers"])]
+    want = {f"{prefix}{i}" for i in range(1, n + 1)}
+    check(len(recs) == 2 * n and set(ids) == want and all(v == 1 for v in ids.values())
+          and not bad,
+          f"dest.owneriq: {len(recs)} {prefix}* records ({2 * n} expected: originals + copies), "
+          f"{len(copies)} copies with eventrelay.redrive.count=1 and no error headers "
+          f"(ids {len(set(ids) & want)}/{n}; wrong {bad[:2]})")
+    done()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -785,6 +923,10 @@ if __name__ == "__main__":
         "stub-wait": cmd_stub_wait, "stub-compare": cmd_stub_compare, "metrics": cmd_metrics,
         "metric-value": cmd_metric_value, "wait-delivered": cmd_wait_delivered,
         "send-dlq": cmd_send_dlq, "offsets": cmd_offsets,
+        "offsets-sum": cmd_offsets_sum, "offsets-all": cmd_offsets_all,
+        "replay-plan": cmd_replay_plan, "replay-moved": cmd_replay_moved,
+        "seg-twice": cmd_seg_twice, "redriven": cmd_redriven,
+        "redrive-copies": cmd_redrive_copies,
     }[cmd](*args)
 PYEOF
 chk() { python3 "$CHECK" "$ROOT/tests/e2e" "$@"; }
@@ -942,6 +1084,213 @@ DL=$(chk metric-value "$MET2" eventrelay_deliveries_total destination=owneriq ou
   || fail "eventrelay_deliveries_total{destination=\"owneriq\",outcome=\"dead_letter\"} = $DL, expected $N3"
 
 stop_eventrelay "$ER2" "eventrelay (scenario 2)"
+
+# =============================================================================================
+echo "== scenario 3: replay and redrive on tansu"
+# er_cmd NAME ARGS... : run `eventrelay ARGS` to completion, output in $WORK/NAME.log; sets ER_RC.
+er_cmd() {
+  local name=$1
+  shift
+  ER_RC=0
+  "$BIN" "$@" >"$WORK/$name.log" 2>&1 || ER_RC=$?
+}
+last_lines() { tail -n "${2:-3}" "$1" 2>/dev/null | tr '\n' ' ' | cut -c1-400; }
+# er_error LOG : eventrelay's own error line, else the last lines of LOG.
+er_error() {
+  local line
+  line=$(grep -m1 '^eventrelay: error' "$1" 2>/dev/null || true)
+  if [ -n "$line" ]; then echo "${line:0:400}"; else last_lines "$1" 4; fi
+}
+# replay_failed NAME WHAT : FAIL line for a replay that exited non-zero, with a hint when the
+# broker could not describe the group.
+replay_failed() {
+  fail "$2 exited $ER_RC: $(er_error "$WORK/$1.log")"
+  if grep -q 'describing the consumer group' "$WORK/$1.log" && [ -z "${NOTED_DESCRIBE:-}" ]; then
+    NOTED_DESCRIBE=1
+    local err
+    err=$(grep -m1 ERROR "$WORK/tansu3.log" | sed 's/\x1b\[[0-9;]*m//g' || true)
+    echo "note: the broker failed DescribeGroups; tansu logged: ${err:0:110} ... ${err: -90}"
+  fi
+}
+
+# --- 3a: replay (group e2e-replay, --role map) ---
+start_tansu tansu3
+B3=$BOOT
+STUB3=127.0.0.1:$(free_port)
+MET3=127.0.0.1:$(free_port)
+start_bg stub3 "$BIN" stub --listen "$STUB3" --record "$WORK/stub3.ndjson"
+wait_port "${STUB3##*:}" 30 || die "stub did not listen on $STUB3"
+CONF3="$WORK/eventrelay3.toml"
+GROUP3=e2e-replay
+write_config "$CONF3" "$B3" "$MET3" "$STUB3" "$GROUP3"
+N4=100
+SEED4=13
+"${KC[@]}" generate --count $N4 --seed $SEED4 >"$WORK/events4.ndjson"
+"$BIN" map --config "$CONF3" "$WORK/events4.ndjson" >"$WORK/map4.ndjson" 2>"$WORK/map4.log" \
+  || die "eventrelay map failed: $(tail -5 "$WORK/map4.log")"
+E4_SEG=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"].get("seg",0))' \
+  "$(chk expect "$WORK/map4.ndjson")")
+echo "expected from eventrelay map: $E4_SEG dest.seg records for $N4 events"
+
+start_bg eventrelay3a "$BIN" run --config "$CONF3" --role map
+ER3=$LAST_PID
+if wait_http_ok "http://$MET3/readyz" 60; then
+  pass "eventrelay --role map ready (/readyz 200) on $B3, group $GROUP3"
+else
+  kill -0 "$ER3" 2>/dev/null || die "eventrelay exited at start"
+  echo "note: /readyz not 200 after 60 s, going on"
+fi
+kc produce4 produce --bootstrap "$B3" --topic segment.events --generate $N4 --seed $SEED4 \
+  || die "produce failed: $(cat "$WORK/produce4.out" "$WORK/produce4.kc.log" | tail -5)"
+echo "produced: $(cat "$WORK/produce4.out")"
+if kc wait4 consume --bootstrap "$B3" --topic dest.seg --expect "$E4_SEG" --timeout 60; then
+  pass "dest.seg holds the $E4_SEG expected records (first run)"
+else
+  fail "dest.seg: only $(wc -l <"$WORK/wait4.out") of $E4_SEG expected records after 60 s"
+fi
+
+er_cmd replay_live replay --config "$CONF3" --group "$GROUP3" --topic segment.events \
+  --to-earliest --execute
+# tansu 0.6.0 with sqlite storage cannot describe groups; replay then refuses because it cannot
+# check liveness (without --force), which is also a refusal.
+if [ "$ER_RC" -ne 0 ] && grep -Eq 'has [0-9]+ live member|cannot check that group .* has no live members' "$WORK/replay_live.log"; then
+  pass "replay --execute refused while the group runs (exit $ER_RC): $(er_error "$WORK/replay_live.log")"
+elif [ "$ER_RC" -ne 0 ]; then
+  replay_failed replay_live "replay --execute while the group runs (expected a refusal naming its live members)"
+else
+  fail "replay --execute while the group runs exited 0 (expected a refusal naming its live members): $(last_lines "$WORK/replay_live.log" 2)"
+fi
+stop_eventrelay "$ER3" "eventrelay --role map (scenario 3, first run)"
+
+kc offsets4a group-offsets --bootstrap "$B3" --group "$GROUP3" --topic segment.events \
+  || echo "group-offsets: $(last_lines "$WORK/offsets4a.kc.log")"
+run_check chk offsets-sum "$WORK/offsets4a.out" $N4 "group $GROUP3 after the first run"
+
+# The group's consumers are stopped now; --force because tansu cannot describe groups.
+er_cmd replay_dry replay --config "$CONF3" --group "$GROUP3" --topic segment.events --to-earliest --force
+if [ "$ER_RC" -eq 0 ]; then
+  pass "replay --to-earliest (dry run) exited 0"
+  sed 's/^/    | /' "$WORK/replay_dry.log" | grep -v ' INFO \| WARN ' | head -8
+  kc offsets4b group-offsets --bootstrap "$B3" --group "$GROUP3" --topic segment.events \
+    || echo "group-offsets: $(last_lines "$WORK/offsets4b.kc.log")"
+  run_check chk replay-plan "$WORK/replay_dry.log" segment.events "$WORK/offsets4a.out" \
+    "$WORK/offsets4b.out" 0
+else
+  replay_failed replay_dry "replay --to-earliest (dry run)"
+fi
+
+er_cmd replay_exec replay --config "$CONF3" --group "$GROUP3" --topic segment.events \
+  --to-earliest --execute --force
+REPLAYED=0
+if [ "$ER_RC" -eq 0 ]; then
+  pass "replay --to-earliest --execute exited 0: $(grep -i 'moved' "$WORK/replay_exec.log" | head -1)"
+  REPLAYED=1
+else
+  replay_failed replay_exec "replay --to-earliest --execute"
+fi
+kc offsets4c group-offsets --bootstrap "$B3" --group "$GROUP3" --topic segment.events \
+  || echo "group-offsets: $(last_lines "$WORK/offsets4c.kc.log")"
+run_check chk offsets-all "$WORK/offsets4c.out" 0 "group $GROUP3 after replay --to-earliest --execute"
+
+if [ "$REPLAYED" = 1 ]; then
+  start_bg eventrelay3b "$BIN" run --config "$CONF3" --role map
+  ER3=$LAST_PID
+  E4_TWICE=$((2 * E4_SEG))
+  T0=$(date +%s)
+  if kc wait4b consume --bootstrap "$B3" --topic dest.seg --expect $E4_TWICE --timeout 90; then
+    echo "all $E4_TWICE expected dest.seg records readable after $(($(date +%s) - T0))s"
+  else
+    echo "only $(wc -l <"$WORK/wait4b.out") of $E4_TWICE expected dest.seg records after 90 s"
+  fi
+  kc count4b count --bootstrap "$B3" --topic dest.seg --timeout 60 --idle 3 || true
+  C4=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["count"])' \
+    "$WORK/count4b.out" 2>/dev/null || echo 0)
+  [ "$C4" = "$E4_TWICE" ] && pass "dest.seg holds $C4 records after the re-run ($E4_SEG twice)" \
+    || fail "dest.seg holds $C4 records after the re-run, expected $E4_TWICE ($E4_SEG twice)"
+  [ "$C4" -ge "$(wc -l <"$WORK/wait4b.out")" ] || C4=$(wc -l <"$WORK/wait4b.out")
+  kc records4b consume --bootstrap "$B3" --topic dest.seg --expect "$C4" --timeout 60 || true
+  run_check chk seg-twice "$WORK/map4.ndjson" "$WORK/records4b.out"
+  stop_eventrelay "$ER3" "eventrelay --role map (scenario 3, re-run)"
+
+  kc offsets4d group-offsets --bootstrap "$B3" --group "$GROUP3" --topic segment.events \
+    || echo "group-offsets: $(last_lines "$WORK/offsets4d.kc.log")"
+  run_check chk offsets-sum "$WORK/offsets4d.out" $N4 "group $GROUP3 after the re-run"
+else
+  fail "re-run after the replay not checked: replay --execute did not move the group"
+  cp "$WORK/offsets4c.out" "$WORK/offsets4d.out"
+fi
+kc count4in count --bootstrap "$B3" --topic segment.events --timeout 30 --idle 2 || true
+er_cmd replay_p0 replay --config "$CONF3" --group "$GROUP3" --topic segment.events \
+  --to-offset 5 --partitions 0 --execute --force
+if [ "$ER_RC" -eq 0 ]; then
+  pass "replay --to-offset 5 --partitions 0 --execute exited 0"
+  kc offsets4e group-offsets --bootstrap "$B3" --group "$GROUP3" --topic segment.events \
+    || echo "group-offsets: $(last_lines "$WORK/offsets4e.kc.log")"
+  run_check chk replay-moved "$WORK/offsets4d.out" "$WORK/offsets4e.out" "$WORK/count4in.out" 0 5
+else
+  replay_failed replay_p0 "replay --to-offset 5 --partitions 0 --execute"
+fi
+
+# --- 3b: redrive (group e2e-redrive, --role all) ---
+start_tansu tansu4
+B4=$BOOT
+STUB4=127.0.0.1:$(free_port)
+MET4=127.0.0.1:$(free_port)
+start_bg stub4 "$BIN" stub --listen "$STUB4" --record "$WORK/stub4.ndjson"
+wait_port "${STUB4##*:}" 30 || die "stub did not listen on $STUB4"
+CONF4="$WORK/eventrelay4.toml"
+write_config "$CONF4" "$B4" "$MET4" "$STUB4" e2e-redrive
+http POST "http://$STUB4/faults" '{"status":400,"path_prefix":"/j/"}' >/dev/null
+echo "injected: OwnerIQ answers 400"
+start_bg eventrelay4 "$BIN" run --config "$CONF4" --role all
+ER4=$LAST_PID
+if wait_http_ok "http://$MET4/readyz" 60; then
+  pass "eventrelay ready (/readyz 200) on $B4"
+else
+  kill -0 "$ER4" 2>/dev/null || die "eventrelay exited at start"
+  echo "note: /readyz not 200 after 60 s, going on"
+fi
+N5=10
+for i in $(seq 1 $N5); do
+  printf '{"type":"page","userId":"u-%d","messageId":"rd-%d"}\n' "$i" "$i"
+done >"$WORK/events5.ndjson"
+kc produce5 produce --bootstrap "$B4" --topic segment.events --file "$WORK/events5.ndjson" \
+  || die "produce failed: $(cat "$WORK/produce5.out" "$WORK/produce5.kc.log" | tail -5)"
+echo "produced: $(cat "$WORK/produce5.out")"
+if kc dlq5 consume --bootstrap "$B4" --topic dest.owneriq.dlq --expect $N5 --timeout 60; then
+  pass "dest.owneriq.dlq holds the $N5 dead letters (OwnerIQ answered 400)"
+else
+  fail "dest.owneriq.dlq: only $(wc -l <"$WORK/dlq5.out") of $N5 dead letters after 60 s"
+fi
+echo "dead letters point at: $(python3 -c '
+import json,sys
+from collections import Counter
+print(dict(Counter(json.loads(l)["headers"].get("eventrelay.error.topic") for l in open(sys.argv[1]) if l.strip())))' "$WORK/dlq5.out")"
+http DELETE "http://$STUB4/faults" >/dev/null
+echo "cleared the stub's faults"
+
+er_cmd redrive_dry redrive --config "$CONF4" --from dest.owneriq.dlq --reason http_400
+if [ "$ER_RC" -eq 0 ] && grep -q "dry run: $N5 dead letter" "$WORK/redrive_dry.log"; then
+  pass "redrive --reason http_400 (dry run) reports $N5: $(grep 'dry run' "$WORK/redrive_dry.log" | head -1)"
+else
+  fail "redrive --reason http_400 (dry run): exit $ER_RC, expected $N5 reported; output: $(last_lines "$WORK/redrive_dry.log" 4)"
+fi
+er_cmd redrive_exec redrive --config "$CONF4" --from dest.owneriq.dlq --reason http_400 --execute
+if [ "$ER_RC" -eq 0 ] && grep -q "copied $N5 dead letter" "$WORK/redrive_exec.log"; then
+  pass "redrive --execute copied $N5: $(grep '^copied' "$WORK/redrive_exec.log" | head -1)"
+else
+  fail "redrive --execute: exit $ER_RC, expected $N5 copied; output: $(last_lines "$WORK/redrive_exec.log" 4)"
+fi
+run_check chk redriven "$STUB4" rd- $N5 60
+er_cmd redrive_again redrive --config "$CONF4" --from dest.owneriq.dlq --reason http_400 --execute
+if [ "$ER_RC" -eq 0 ] && grep -q "copied 0 dead letter" "$WORK/redrive_again.log"; then
+  pass "second redrive --execute copied 0 (progress remembered)"
+else
+  fail "second redrive --execute: exit $ER_RC, expected 0 copied; output: $(last_lines "$WORK/redrive_again.log" 4)"
+fi
+kc owneriq5 consume --bootstrap "$B4" --topic dest.owneriq --expect $((2 * N5)) --timeout 30 || true
+run_check chk redrive-copies "$WORK/owneriq5.out" rd- $N5
+stop_eventrelay "$ER4" "eventrelay (scenario 3, redrive)"
 
 echo "== tansu e2e: $PASSES passed, $FAILS failed in $(($(date +%s) - START_TS))s"
 [ "$FAILS" -eq 0 ]
