@@ -256,12 +256,14 @@ impl Drop for Embedded {
 /// re-assigned in between harmless.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    parts: HashMap<(String, i32), PartState>,
+    /// By partition: a tracker serves one consumer of one topic.
+    parts: HashMap<i32, PartState>,
     pending_total: usize,
 }
 
 #[derive(Debug, Default)]
 struct PartState {
+    topic: Arc<str>,
     epoch: u64,
     pending: BTreeMap<i64, u32>,
     next: Option<i64>,
@@ -273,8 +275,8 @@ struct PartState {
 /// Identifies one record's tracking slot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Slot {
-    /// Topic read from.
-    pub topic: String,
+    /// Topic read from (shared: cloned for every output record).
+    pub topic: Arc<str>,
     /// Partition read from.
     pub partition: i32,
     /// Offset read.
@@ -286,13 +288,13 @@ pub struct Slot {
 impl OffsetTracker {
     /// Start (or restart) tracking a partition after an assignment; returns its new epoch.
     pub fn assign(&mut self, topic: &str, partition: i32) -> u64 {
-        let key = (topic.to_string(), partition);
-        let old = self.parts.remove(&key).unwrap_or_default();
+        let old = self.parts.remove(&partition).unwrap_or_default();
         self.pending_total -= old.pending.len();
         let epoch = old.epoch + 1;
         self.parts.insert(
-            key,
+            partition,
             PartState {
+                topic: Arc::from(topic),
                 epoch,
                 ..Default::default()
             },
@@ -302,7 +304,11 @@ impl OffsetTracker {
 
     /// Stop tracking a revoked partition.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self
+            .parts
+            .get_mut(&partition)
+            .filter(|p| &*p.topic == topic)
+        {
             self.pending_total -= p.pending.len();
             p.pending.clear();
             p.next = None;
@@ -321,13 +327,16 @@ impl OffsetTracker {
         offset: i64,
         work: u32,
     ) -> Option<Slot> {
-        let p = self.parts.get_mut(&(topic.to_string(), partition))?;
+        let p = self
+            .parts
+            .get_mut(&partition)
+            .filter(|p| &*p.topic == topic)?;
         if work > 0 && p.pending.insert(offset, work).is_none() {
             self.pending_total += 1;
         }
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         Some(Slot {
-            topic: topic.to_string(),
+            topic: p.topic.clone(),
             partition,
             offset,
             epoch: p.epoch,
@@ -336,7 +345,7 @@ impl OffsetTracker {
 
     /// Add (`delta > 0`) or finish (`delta < 0`) pieces of work for a record.
     pub fn adjust(&mut self, slot: &Slot, delta: i64) {
-        let Some(p) = self.parts.get_mut(&(slot.topic.clone(), slot.partition)) else {
+        let Some(p) = self.parts.get_mut(&slot.partition) else {
             return;
         };
         if p.epoch != slot.epoch {
@@ -356,7 +365,7 @@ impl OffsetTracker {
     /// A piece of work failed for good (a produce that will never be acknowledged): the
     /// partition's committed offset must stay before it until the process restarts.
     pub fn fail(&mut self, slot: &Slot) {
-        if let Some(p) = self.parts.get_mut(&(slot.topic.clone(), slot.partition)) {
+        if let Some(p) = self.parts.get_mut(&slot.partition) {
             if p.epoch == slot.epoch {
                 p.failed = Some(p.failed.map_or(slot.offset, |f| f.min(slot.offset)));
             }
@@ -377,7 +386,7 @@ impl OffsetTracker {
     pub fn pending_in(&self, tpl: &TopicPartitionList) -> usize {
         tpl.elements()
             .iter()
-            .filter_map(|e| self.parts.get(&(e.topic().to_string(), e.partition())))
+            .filter_map(|e| self.parts.get(&e.partition()))
             .map(|p| p.pending.len())
             .sum()
     }
@@ -402,7 +411,8 @@ impl OffsetTracker {
         force: bool,
     ) -> Option<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), p) in self.parts.iter_mut() {
+        for (partition, p) in self.parts.iter_mut() {
+            let topic = &*p.topic;
             if let Some(only) = only {
                 if only.find_partition(topic, *partition).is_none() {
                     continue;
@@ -421,7 +431,7 @@ impl OffsetTracker {
     /// Forget that offsets were committed (a commit failed), so the next call retries them.
     pub fn uncommit(&mut self, tpl: &TopicPartitionList) {
         for e in tpl.elements() {
-            if let Some(p) = self.parts.get_mut(&(e.topic().to_string(), e.partition())) {
+            if let Some(p) = self.parts.get_mut(&e.partition()) {
                 p.committed = None;
             }
         }

@@ -401,7 +401,7 @@ fn origin_of(item: &Item) -> (String, String, String) {
     ) {
         (Some(t), Some(p), Some(o)) => (t, p, o),
         _ => (
-            item.slot.topic.clone(),
+            item.slot.topic.to_string(),
             item.slot.partition.to_string(),
             item.slot.offset.to_string(),
         ),

@@ -544,7 +544,7 @@ fn process(
 ) {
     let slot = job.slot;
     let source = Source {
-        topic: slot.topic.clone(),
+        topic: slot.topic.to_string(),
         partition: slot.partition,
         offset: slot.offset,
     };
