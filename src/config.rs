@@ -347,15 +347,6 @@ impl Config {
     }
 }
 
-/// Build every destination in the registry from one table per name (tests, benches).
-pub fn destinations_from(tables: &[(&str, toml::Table)]) -> Result<Vec<Arc<dyn Destination>>> {
-    let mut cfg = Config::default();
-    for (n, t) in tables {
-        cfg.destinations.insert(n.to_string(), t.clone());
-    }
-    Ok(cfg.destinations()?.into_iter().map(|d| d.dest).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

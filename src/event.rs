@@ -130,21 +130,6 @@ impl fmt::Display for InvalidEvent {
 
 impl std::error::Error for InvalidEvent {}
 
-/// Every reason code [`Event::parse`] can return, for documentation and metric pre-registration.
-pub const INVALID_REASONS: &[&str] = &[
-    "too_large",
-    "invalid_json",
-    "not_an_object",
-    "missing_type",
-    "unknown_type",
-    "missing_identity",
-    "invalid_field",
-    "invalid_message_id",
-    "missing_event",
-    "missing_previous_id",
-    "invalid_timestamp",
-];
-
 /// A validated Segment event. The original JSON object is kept so mappers can pass
 /// `traits` and `properties` through exactly as sent.
 #[derive(Debug, Clone, PartialEq)]

@@ -166,19 +166,16 @@ pub fn produce_lines<'a>(
 /// `MockCluster` is not `Send`, so it lives on its own thread for the life of this handle.
 pub struct Embedded {
     bootstrap: String,
-    commands: mpsc::Sender<EmbeddedCommand>,
+    /// Dropping it ends the thread, which drops the cluster.
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-}
-
-enum EmbeddedCommand {
-    CreateTopic(String, i32, mpsc::Sender<Result<()>>),
 }
 
 impl Embedded {
     /// Start a one-broker cluster and create `topics` with `partitions` partitions each.
     pub fn start(topics: &[String], partitions: i32) -> Result<Embedded> {
         let (boot_tx, boot_rx) = mpsc::channel();
-        let (cmd_tx, cmd_rx) = mpsc::channel::<EmbeddedCommand>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
@@ -197,17 +194,9 @@ impl Embedded {
                     }
                 }
                 let _ = boot_tx.send(Ok(cluster.bootstrap_servers()));
-                // Serve commands until every sender is gone.
-                while let Ok(cmd) = cmd_rx.recv() {
-                    match cmd {
-                        EmbeddedCommand::CreateTopic(t, p, reply) => {
-                            let r = cluster
-                                .create_topic(&t, p, 1)
-                                .map_err(|e| anyhow!("creating topic {t}: {e}"));
-                            let _ = reply.send(r);
-                        }
-                    }
-                }
+                // Keep the cluster until the handle is dropped.
+                let _ = stop_rx.recv();
+                drop(cluster);
             })
             .context("spawning embedded Kafka thread")?;
         let bootstrap = boot_rx
@@ -215,7 +204,7 @@ impl Embedded {
             .map_err(|_| anyhow!("embedded Kafka thread died"))??;
         Ok(Embedded {
             bootstrap,
-            commands: cmd_tx,
+            stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
@@ -224,22 +213,11 @@ impl Embedded {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
-
-    /// Create one more topic.
-    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(EmbeddedCommand::CreateTopic(topic.into(), partitions, tx))
-            .map_err(|_| anyhow!("embedded Kafka stopped"))?;
-        rx.recv().map_err(|_| anyhow!("embedded Kafka stopped"))?
-    }
 }
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        // Closing the command channel ends the thread, which drops the cluster.
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.commands, tx));
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
