@@ -17,7 +17,7 @@
 mod corpus;
 
 use eventrelay::config::Config;
-use eventrelay::kafka::{client_config, ensure_topics, Embedded};
+use eventrelay::kafka::{client_config, consumer_config, ensure_topics, Embedded};
 use eventrelay::ops::Health;
 use eventrelay::pipeline::stage::{run_map_stage, MapStats};
 use eventrelay::record::Record;
@@ -52,6 +52,9 @@ fn now_ms() -> i64 {
     eventrelay::event::now_millis()
 }
 
+/// Set when the bench runs on the embedded mock cluster.
+static ON_MOCK: AtomicBool = AtomicBool::new(false);
+
 fn cfg(bootstrap: &str, group: &str) -> Config {
     let mut c = Config::from_toml(&format!(
         "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n{}",
@@ -62,6 +65,10 @@ fn cfg(bootstrap: &str, group: &str) -> Config {
     ))
     .expect("config");
     c.metrics.listen = "127.0.0.1:0".into();
+    if ON_MOCK.load(Ordering::Relaxed) {
+        // What `run` uses on the embedded mock cluster (see `kafka::consumer_config`).
+        c.kafka.fetch_wait_max_ms = Some(10);
+    }
     if let Ok(v) = std::env::var("BENCH_MAX_IN_FLIGHT") {
         c.map.max_in_flight = v.parse().expect("number");
     }
@@ -132,7 +139,7 @@ fn pass_through(bootstrap: &str, n: u64) -> f64 {
         .set("queue.buffering.max.messages", "200000")
         .create_with_context(Counting(acked.clone()))
         .expect("producer");
-    let consumer: BaseConsumer = client_config(&c.kafka, bootstrap)
+    let consumer: BaseConsumer = consumer_config(&c.kafka, bootstrap)
         .set("group.id", format!("bench-pt-{}", now_ms()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -261,7 +268,7 @@ fn percentile(v: &mut [i64], q: f64) -> i64 {
 /// at `rate` events/s for `secs`.
 fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64) {
     let topic = "dest.seg";
-    let reader: BaseConsumer = client_config(&cfg(bootstrap, "x").kafka, bootstrap)
+    let reader: BaseConsumer = consumer_config(&cfg(bootstrap, "x").kafka, bootstrap)
         .set("group.id", "bench-latency")
         .set("enable.auto.commit", "false")
         .create()
@@ -352,6 +359,7 @@ fn main() {
             b.clone()
         }
         None => {
+            ON_MOCK.store(true, Ordering::Relaxed);
             embedded = Embedded::start(
                 &TOPICS.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 MOCK_PARTITIONS,

@@ -1,9 +1,22 @@
-//! Send stage throughput: deliveries/s to the stub destination on loopback, concurrency 64,
-//! no faults. `cargo bench --bench sender -- [--records N]`
+//! Send stage benchmarks. `cargo bench --bench sender -- [--records N] [--latency-secs S]`
+//! and `cargo bench --bench sender -- --bootstrap HOST:PORT --backlog N [--watch-secs S]`
+//! (`scripts/bench_send.sh` runs both, the second on tansu).
 //!
-//! `dest.seg` (on an embedded mock cluster, 16 partitions because the mock keeps 5 MB per
-//! partition) is filled with N Seg records mapped from the benchmark corpus; then the Seg send
-//! stage starts and the time from the first request the stub sees to the N-th is measured.
+//! Throughput and latency (embedded mock cluster, 16 partitions because the mock keeps 5 MB per
+//! partition): `dest.seg` is filled with N Seg records mapped from the benchmark corpus; the
+//! stub runs as its own process (`eventrelay stub`), as a real destination would be elsewhere;
+//! the Seg send stage (concurrency 64, no faults) starts and the time from the stub's first
+//! request to its N-th is measured. Then records are produced at half that rate, each stamped
+//! with its produce time and a unique messageId, and the produce-to-request latency of each is
+//! read from the stub's recording (p50, p99). The CPU time of this process (sender, mock
+//! broker) and of the stub process during the throughput run is printed too: on 2 cores the
+//! stub's share is capacity the sender does not get.
+//!
+//! Backlog RSS (`--bootstrap`, `--backlog N`): N Seg records are produced to `dest.seg` on the
+//! given broker, then `eventrelay run --role send` starts as a child process with Seg's
+//! endpoint on a port where nothing listens (the destination is down). Its resident memory is
+//! sampled every second for `--watch-secs` (default 60) while it works through the backlog,
+//! handing records to `dest.seg.retry`.
 
 #[path = "corpus.rs"]
 mod corpus;
@@ -11,79 +24,364 @@ mod corpus;
 use eventrelay::cli::Role;
 use eventrelay::config::Config;
 use eventrelay::destinations::Routed;
-use eventrelay::kafka::{client_config, Embedded};
+use eventrelay::kafka::{client_config, ensure_topics, Embedded};
 use eventrelay::pipeline::map_input;
+use eventrelay::record::Record;
 use eventrelay::service::Running;
-use eventrelay::stub::Stub;
 use prost::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+const WEBSITE: &str = "abc8fb18-7559-4324-9921-a4b5015b4a1c";
+const TOPICS: [&str; 5] = [
+    "segment.events",
+    "segment.events.dlq",
+    "dest.seg",
+    "dest.seg.retry",
+    "dest.seg.dlq",
+];
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
+    match arg::<String>(&args, "--bootstrap") {
+        Some(b) => backlog_rss(
+            &b,
+            arg(&args, "--backlog").unwrap_or(1_000_000),
+            arg(&args, "--watch-secs").unwrap_or(60),
+        ),
+        None => throughput_and_latency(
+            arg(&args, "--records").unwrap_or(40_000),
+            arg(&args, "--latency-secs").unwrap_or(10.0),
+        ),
+    }
+}
+
+/// Seg records (key, decoded record) mapped from the benchmark corpus.
+fn seg_records() -> Vec<(String, Record)> {
+    let cfg = Config::from_toml(&format!(
+        "[destinations.seg]\nendpoint = \"http://x\"\nwebsite_id = \"{WEBSITE}\"\n"
+    ))
+    .expect("config");
+    let dests: Vec<_> = cfg
+        .destinations()
+        .expect("dests")
+        .into_iter()
+        .map(|d| d.dest)
+        .collect();
+    corpus::corpus(5_000)
         .iter()
-        .position(|a| a == "--records")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let topics: Vec<String> = [
-        "segment.events",
-        "segment.events.dlq",
-        "dest.seg",
-        "dest.seg.retry",
-        "dest.seg.dlq",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let kafka = Embedded::start(&topics, 16).expect("mock");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let stub = Stub::start("127.0.0.1:0", None).await.expect("stub");
-        let cfg = Config::from_toml(&format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[destinations.seg]\nendpoint = \"{}\"\nwebsite_id = \"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency = 64\n",
-            kafka.bootstrap(),
-            stub.url()
-        ))
-        .expect("config");
-        let dests: Vec<_> = cfg.destinations().expect("dests").into_iter().map(|d| d.dest).collect();
-        let pool = corpus::corpus(5_000);
-        let records: Vec<(String, Vec<u8>)> = pool
-            .iter()
-            .filter_map(|e| match map_input(&dests, e, None, eventrelay::event::now_millis()) {
+        .filter_map(
+            |e| match map_input(&dests, e, None, eventrelay::event::now_millis()) {
                 Ok((ev, routed)) => match routed.into_iter().next() {
-                    Some(Routed::Records(r)) => Some((ev.user_key().to_string(), r[0].encode_to_vec())),
+                    Some(Routed::Records(mut r)) => Some((ev.user_key().to_string(), r.remove(0))),
                     _ => None,
                 },
                 Err(_) => None,
-            })
+            },
+        )
+        .collect()
+}
+
+fn send(p: &BaseProducer, key: &str, value: &[u8]) {
+    let mut rec = BaseRecord::<str, [u8]>::to("dest.seg")
+        .key(key)
+        .payload(value);
+    while let Err((_, r)) = p.send(rec) {
+        rec = r;
+        p.poll(Duration::from_millis(5));
+    }
+    p.poll(Duration::ZERO);
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_eventrelay")
+}
+
+/// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// A plain blocking `GET` on loopback (the answer's body, or empty).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_stub() -> (Kill, String) {
+    let mut child = Command::new(bin())
+        .args(["stub", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("eventrelay stub");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("stub url");
+    (Kill(child), line.trim().to_string())
+}
+
+fn throughput_and_latency(n: usize, latency_secs: f64) {
+    let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
+    let kafka = Embedded::start(&topics, 16).expect("mock");
+    let (stub, url) = start_stub();
+    let stub_pid = stub.0.id();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let count = || async {
+            let b = http
+                .get(format!("{url}/requests/count"))
+                .send()
+                .await
+                .expect("stub")
+                .bytes()
+                .await
+                .expect("count");
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("count json");
+            v["count"].as_u64().unwrap_or(0) as usize
+        };
+        let cfg = Config::from_toml(&format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 10\n[metrics]\nlisten = \"127.0.0.1:0\"\n[destinations.seg]\nendpoint = \"{url}\"\nwebsite_id = \"{WEBSITE}\"\nconcurrency = 64\n",
+            kafka.bootstrap(),
+        ))
+        .expect("config");
+        let records: Vec<(String, Vec<u8>)> = seg_records()
+            .into_iter()
+            .map(|(k, r)| (k, r.encode_to_vec()))
             .collect();
-        let p: BaseProducer = client_config(&cfg.kafka, kafka.bootstrap()).create().expect("producer");
+        let p: BaseProducer = client_config(&cfg.kafka, kafka.bootstrap())
+            .create()
+            .expect("producer");
         for i in 0..n {
             let (k, v) = &records[i % records.len()];
-            let mut rec = BaseRecord::<str, [u8]>::to("dest.seg").key(k).payload(v);
-            while let Err((_, r)) = p.send(rec) {
-                rec = r;
-                p.poll(Duration::from_millis(5));
-            }
-            p.poll(Duration::ZERO);
+            send(&p, k, v);
         }
         p.flush(Duration::from_secs(60)).expect("flush");
         let running = Running::start(&cfg, Role::Send).await.expect("send stage");
-        while stub.request_count() == 0 {
+        while count().await == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let first = Instant::now();
-        loop {
-            let got = stub.request_count();
-            if got >= n {
-                break;
-            }
+        let (cpu_self, cpu_stub) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
+        while count().await < n {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let secs = first.elapsed().as_secs_f64();
-        running.shutdown(Duration::from_secs(30)).await.expect("shutdown");
-        println!("\nsender bench (mock cluster, stub on loopback, concurrency 64): {n} Seg deliveries in {secs:.2} s = {:.0} deliveries/s", n as f64 / secs);
+        let cpu_self = cpu_secs(std::process::id()) - cpu_self;
+        let cpu_stub = cpu_secs(stub_pid) - cpu_stub;
+        let rate = n as f64 / secs;
+        println!("\nsender bench (mock cluster, stub process on loopback, concurrency 64, no faults)");
+        println!("throughput: {n} Seg deliveries in {secs:.2} s = {rate:.0} deliveries/s");
+        println!(
+            "cpu during the run: eventrelay (sender + in-process mock broker) {:.2} cores, stub {:.2} cores; {:.1} µs of eventrelay CPU per delivery",
+            cpu_self / secs,
+            cpu_stub / secs,
+            cpu_self / n as f64 * 1e6
+        );
+
+        // Latency at half the measured rate: unique messageIds, stamped when produced.
+        let _ = http.delete(format!("{url}/requests")).send().await;
+        let half = rate / 2.0;
+        let total = (half * latency_secs) as usize;
+        let sent_at: HashMap<String, i64> = tokio::task::spawn_blocking({
+            let base: Vec<(String, Record)> = seg_records();
+            let p = p;
+            move || {
+                let mut sent = HashMap::with_capacity(total);
+                let start = Instant::now();
+                for i in 0..total {
+                    let due = start + Duration::from_secs_f64(i as f64 / half);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let (k, r) = &base[i % base.len()];
+                    let mut r = r.clone();
+                    r.message_id = format!("lat-{i}");
+                    let now = eventrelay::event::now_millis();
+                    r.received_at_ms = now;
+                    send(&p, k, &r.encode_to_vec());
+                    sent.insert(r.message_id, now);
+                }
+                p.flush(Duration::from_secs(30)).expect("flush");
+                sent
+            }
+        })
+        .await
+        .expect("producer thread");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count().await < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let body = http
+            .get(format!("{url}/requests"))
+            .send()
+            .await
+            .expect("stub")
+            .bytes()
+            .await
+            .expect("listing");
+        let listing: Vec<eventrelay::stub::Recorded> =
+            serde_json::from_slice(&body).expect("listing json");
+        if std::env::var("BENCH_DEBUG").is_ok() {
+            let t0 = sent_at.values().min().copied().unwrap_or(0);
+            let mut by_sec: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+            for r in &listing {
+                if let Some(t) = r.headers.get("idempotency-key").and_then(|v| v.as_str()).and_then(|id| sent_at.get(id)) {
+                    by_sec.entry((t - t0) / 500).or_default().push(r.at_ms - t);
+                }
+            }
+            for (s, mut v) in by_sec {
+                v.sort_unstable();
+                println!("  t={:.1}s n={} p50={} p99={}", s as f64 / 2.0, v.len(), v[v.len() / 2], v[v.len() * 99 / 100]);
+            }
+        }
+        let mut lat: Vec<i64> = listing
+            .iter()
+            .filter_map(|r| {
+                let id = r.headers.get("idempotency-key")?.as_str()?;
+                Some(r.at_ms - sent_at.get(id)?)
+            })
+            .collect();
+        lat.sort_unstable();
+        let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(-1);
+        println!(
+            "latency at half rate ({half:.0}/s for {latency_secs} s, {} of {total} seen): produce-to-request p50 {} ms, p99 {} ms, max {} ms",
+            lat.len(),
+            pct(0.50),
+            pct(0.99),
+            lat.last().copied().unwrap_or(-1)
+        );
+        running
+            .shutdown(Duration::from_secs(30))
+            .await
+            .expect("shutdown");
     });
+    drop(stub);
+}
+
+fn backlog_rss(bootstrap: &str, n: usize, watch_secs: u64) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let group = format!("bench-backlog-{}", eventrelay::event::now_millis());
+    let toml = format!(
+        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\npartitions = 16\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[destinations.seg]\nendpoint = \"http://127.0.0.1:{dead_port}\"\nwebsite_id = \"{WEBSITE}\"\nconcurrency = 64\n"
+    );
+    let cfg = Config::from_toml(&toml).expect("config");
+    let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
+    rt.block_on(ensure_topics(&cfg.kafka, bootstrap, &topics))
+        .expect("topics");
+    let records = seg_records();
+    let p: BaseProducer = client_config(&cfg.kafka, bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for i in 0..n {
+        let (k, r) = &records[i % records.len()];
+        let mut r = r.clone();
+        r.message_id = format!("backlog-{i}");
+        send(&p, k, &r.encode_to_vec());
+    }
+    p.flush(Duration::from_secs(300)).expect("flush");
+    println!(
+        "\nbacklog: {n} Seg records produced to dest.seg on {bootstrap} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("send.toml");
+    std::fs::write(&path, toml).expect("config file");
+    let child = Command::new(bin())
+        .args(["run", "--role", "send", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("eventrelay run");
+    let child = Kill(child);
+    let pid = child.0.id();
+    let handed = || -> u64 {
+        let text = http_get(metrics_port, "/metrics");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("eventrelay_deliveries_total") && l.contains("outcome=\"retry\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let mut samples = Vec::new();
+    for s in 1..=watch_secs {
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = rss_mb(pid);
+        samples.push(rss);
+        if s % 10 == 0 || s == 1 {
+            println!(
+                "  t={s:>3} s  RSS {rss:6.1} MB  handed to dest.seg.retry so far: {}",
+                handed()
+            );
+        }
+    }
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    let tail = &samples[samples.len() / 2..];
+    let (tmin, tmax) = tail
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+    println!(
+        "sender RSS with Seg down and a {n}-record backlog: max {max:.1} MB over {watch_secs} s; second half {tmin:.1}–{tmax:.1} MB; {} records handed to the retry topic",
+        handed()
+    );
 }

@@ -54,6 +54,11 @@ pub struct KafkaConfig {
     /// Map stage with a transactional producer: each input record's outputs are committed
     /// atomically with its offset.
     pub exactly_once: bool,
+    /// Longest a stage consumer's fetch waits for data (librdkafka `fetch.wait.max.ms`).
+    /// Absent: 100 ms on a real broker (which answers as soon as data arrives, so this only
+    /// bounds idle polling) and 10 ms on the embedded mock cluster (which holds an empty answer
+    /// for the whole wait, so the wait is added to every record's latency).
+    pub fetch_wait_max_ms: Option<u32>,
     /// Passed to librdkafka as is (security, SASL, tuning).
     pub properties: BTreeMap<String, String>,
 }
@@ -69,6 +74,7 @@ impl Default for KafkaConfig {
             partitions: 4,
             replication_factor: 1,
             exactly_once: false,
+            fetch_wait_max_ms: None,
             properties: BTreeMap::new(),
         }
     }

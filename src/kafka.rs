@@ -25,7 +25,28 @@ use std::time::{Duration, Instant};
 
 /// Base client config: bootstrap servers plus the user's `[kafka.properties]`.
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    with_properties(ClientConfig::new(), kafka, bootstrap)
+}
+
+/// Config for the stages' group consumers: [`client_config`] with `fetch.wait.max.ms` from
+/// `kafka.fetch_wait_max_ms` (under the user's `[kafka.properties]`). librdkafka's mock
+/// cluster computes an empty fetch answer at once and then holds it for the whole wait
+/// (`rdkafka_mock_handlers.c`), which with librdkafka's default 500 ms put half a second of
+/// latency on every record of the embedded demo.
+pub fn consumer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let wait = kafka
+        .fetch_wait_max_ms
+        .unwrap_or(if kafka.bootstrap_servers.is_none() {
+            10
+        } else {
+            100
+        });
     let mut c = ClientConfig::new();
+    c.set("fetch.wait.max.ms", wait.to_string());
+    with_properties(c, kafka, bootstrap)
+}
+
+fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c.set("bootstrap.servers", bootstrap);
     c.set("client.id", "eventrelay");
     for (k, v) in &kafka.properties {

@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -37,27 +37,72 @@ use tokio::sync::mpsc;
 /// Per-destination delivery counts, for the demo summary and tests.
 #[derive(Debug, Default)]
 pub struct SendStats {
-    counts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    per_dest: Mutex<BTreeMap<String, Arc<DestCounts>>>,
+}
+
+/// One destination's counts: plain atomics, so lanes never share a lock to count.
+#[derive(Debug, Default)]
+struct DestCounts {
+    delivered: AtomicU64,
+    retried: AtomicU64,
+    retry_topic: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 impl SendStats {
-    fn add(&self, dest: &str, what: &'static str) {
-        if let Ok(mut m) = self.counts.lock() {
-            *m.entry((dest.to_string(), what)).or_default() += 1;
+    fn for_dest(&self, dest: &str) -> Arc<DestCounts> {
+        match self.per_dest.lock() {
+            Ok(mut m) => m.entry(dest.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 
     /// Count of `what` (`delivered`, `retried`, `retry_topic`, `dead_lettered`) for `dest`.
     pub fn get(&self, dest: &str, what: &str) -> u64 {
-        self.counts
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|((d, w), _)| d == dest && *w == what)
-                    .map(|(_, n)| *n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        let Some(c) = self.per_dest.lock().ok().and_then(|m| m.get(dest).cloned()) else {
+            return 0;
+        };
+        let n = match what {
+            "delivered" => &c.delivered,
+            "retried" => &c.retried,
+            "retry_topic" => &c.retry_topic,
+            "dead_lettered" => &c.dead_lettered,
+            _ => return 0,
+        };
+        n.load(Ordering::Relaxed)
+    }
+}
+
+/// Metric handles a lane touches on every request, registered once per destination instead of
+/// looked up by name and labels each time.
+struct LaneMetrics {
+    duration: metrics::Histogram,
+    end_to_end: metrics::Histogram,
+    success: metrics::Counter,
+    /// `eventrelay_delivery_attempts_total` by status 100..=599, registered on first use.
+    by_status: Vec<std::sync::OnceLock<metrics::Counter>>,
+}
+
+impl LaneMetrics {
+    fn new(name: &'static str) -> LaneMetrics {
+        LaneMetrics {
+            duration: metrics::histogram!("eventrelay_delivery_duration_seconds", "destination" => name),
+            end_to_end: metrics::histogram!("eventrelay_end_to_end_latency_seconds", "destination" => name),
+            success: metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "success"),
+            by_status: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    fn attempt(&self, name: &'static str, status: u16) {
+        match self.by_status.get(usize::from(status).wrapping_sub(100)) {
+            Some(c) => c
+                .get_or_init(|| {
+                    metrics::counter!("eventrelay_delivery_attempts_total", "destination" => name, "status" => status.to_string())
+                })
+                .increment(1),
+            None => metrics::counter!("eventrelay_delivery_attempts_total", "destination" => name, "status" => status.to_string())
+                .increment(1),
+        }
     }
 }
 
@@ -111,7 +156,8 @@ struct Lane {
     producer: FutureProducer,
     retry_topic: String,
     dlq_topic: String,
-    stats: Arc<SendStats>,
+    counts: Arc<DestCounts>,
+    metrics: LaneMetrics,
 }
 
 /// Why one HTTP attempt did not succeed.
@@ -146,14 +192,13 @@ impl Lane {
         }
         let started = Instant::now();
         let result = rb.send().await;
-        let elapsed = started.elapsed().as_secs_f64();
-        metrics::histogram!("eventrelay_delivery_duration_seconds", "destination" => name)
-            .record(elapsed);
+        self.metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                metrics::counter!("eventrelay_delivery_attempts_total", "destination" => name, "status" => status.to_string())
-                    .increment(1);
+                self.metrics.attempt(name, status);
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -201,7 +246,6 @@ impl Lane {
 
     /// Deliver one item: in-place retries, then success, retry topic or dead letter.
     async fn deliver(&self, item: Item) {
-        let name = self.dest.name();
         let built = Record::decode(item.payload.as_slice())
             .map_err(|e| {
                 (
@@ -248,18 +292,18 @@ impl Lane {
                 && e.retry_after.is_none_or(|ra| ra <= MAX_IN_PLACE_WAIT)
         })
         .adjust(|e: &AttemptError, dur| dur.map(|d| e.retry_after.map_or(d, |ra| ra.max(d))))
-        .notify(|_, _| self.stats.add(name, "retried"))
+        .notify(|_, _| {
+            self.counts.retried.fetch_add(1, Ordering::Relaxed);
+        })
         .await;
         let attempts = prior + attempts.load(Ordering::Relaxed);
         match result {
             Ok(_) => {
-                self.stats.add(name, "delivered");
-                metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "success")
-                    .increment(1);
+                self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.success.increment(1);
                 if record.received_at_ms > 0 {
                     let latency = (now_millis() - record.received_at_ms).max(0) as f64 / 1000.0;
-                    metrics::histogram!("eventrelay_end_to_end_latency_seconds", "destination" => name)
-                        .record(latency);
+                    self.metrics.end_to_end.record(latency);
                 }
                 item.progress.adjust(&item.slot, -1);
             }
@@ -316,7 +360,7 @@ impl Lane {
         }
         let name = self.dest.name();
         if self.produce(&self.retry_topic, &item, h).await {
-            self.stats.add(name, "retry_topic");
+            self.counts.retry_topic.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "retry")
                 .increment(1);
             item.progress.adjust(&item.slot, -1);
@@ -364,7 +408,7 @@ impl Lane {
         let name = self.dest.name();
         tracing::debug!(destination = name, reason, "dead-lettering record");
         if self.produce(&self.dlq_topic, &item, h).await {
-            self.stats.add(name, "dead_lettered");
+            self.counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "dead_letter")
                 .increment(1);
             metrics::counter!("eventrelay_dead_letters_total", "topic" => self.dlq_topic.clone(), "reason" => reason.to_string())
@@ -473,7 +517,8 @@ pub async fn run_send_stage(
         producer,
         retry_topic: k.retry_topic(name),
         dlq_topic: k.dlq_topic(name),
-        stats,
+        counts: stats.for_dest(name),
+        metrics: LaneMetrics::new(name),
     });
     let mut senders = Vec::with_capacity(delivery.concurrency);
     let mut lanes = Vec::with_capacity(delivery.concurrency);
@@ -571,22 +616,23 @@ struct ConsumeArgs<'a> {
 /// pause partitions whose head record is not yet due.
 fn consume(a: ConsumeArgs<'_>) -> Result<()> {
     let progress = Arc::new(Progress::default());
-    let consumer: BaseConsumer<TrackingContext> = client_config(a.kafka, a.bootstrap)
-        .set("group.id", a.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(TrackingContext {
-            progress: progress.clone(),
-            health: a.health,
-            group: a.group.to_string(),
-            drain_timeout: Duration::from_secs(20),
-            transactional: None,
-            closing: AtomicBool::new(false),
-        })
-        .context("creating send consumer")?;
+    let consumer: BaseConsumer<TrackingContext> =
+        crate::kafka::consumer_config(a.kafka, a.bootstrap)
+            .set("group.id", a.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(TrackingContext {
+                progress: progress.clone(),
+                health: a.health,
+                group: a.group.to_string(),
+                drain_timeout: Duration::from_secs(20),
+                transactional: None,
+                closing: AtomicBool::new(false),
+            })
+            .context("creating send consumer")?;
     consumer
         .subscribe(&[a.topic])
         .with_context(|| format!("subscribing to {}", a.topic))?;

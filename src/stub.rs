@@ -2,7 +2,7 @@
 //! tests and docker-compose.
 //!
 //! It checks that each request has the SPEC §3 shape (400 when not), records every request
-//! (`GET /requests`, and optionally an NDJSON file), and injects faults on command
+//! (`GET /requests`, `GET /requests/count`, and optionally an NDJSON file), and injects faults on command
 //! (`POST /faults` with `{"status", "rate", "retry_after", "latency_ms", "for_secs",
 //! "down_secs", "path_prefix"}`, `DELETE /faults`).
 
@@ -65,9 +65,57 @@ struct ActiveFault {
     until: Option<Instant>,
 }
 
+/// A request as received, kept cheaply (shared buffers, no parsing) and turned into a
+/// [`Recorded`] only when listed: the stub must not be the bottleneck of a throughput bench.
+struct Raw {
+    method: &'static str,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    status: u16,
+    at_ms: i64,
+}
+
+impl Raw {
+    fn recorded(&self) -> Recorded {
+        let host = self
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("stub");
+        Recorded {
+            method: self.method.to_string(),
+            url: format!("http://{host}{}", self.uri),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&self.body).into_owned(),
+            status: self.status,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
+/// Requests kept in memory for `GET /requests`; older ones are dropped beyond this (the count
+/// keeps going), so a long-running stub does not grow without bound.
+pub const KEEP_RECORDED: usize = 2_000_000;
+
+#[derive(Default)]
+struct Log {
+    kept: std::collections::VecDeque<Raw>,
+    total: u64,
+}
+
 #[derive(Default)]
 struct StubState {
-    recorded: Mutex<Vec<Recorded>>,
+    recorded: Mutex<Log>,
     faults: Mutex<Vec<ActiveFault>>,
     file: Option<Mutex<std::fs::File>>,
     down_until: Mutex<Option<Instant>>,
@@ -112,16 +160,16 @@ impl Stub {
 
     /// Every request recorded so far.
     pub fn requests(&self) -> Vec<Recorded> {
+        listing(&self.state)
+    }
+
+    /// How many requests arrived (cheaper than [`Stub::requests`]).
+    pub fn request_count(&self) -> usize {
         self.state
             .recorded
             .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
-    }
-
-    /// How many requests were recorded (cheaper than [`Stub::requests`]).
-    pub fn request_count(&self) -> usize {
-        self.state.recorded.lock().map(|r| r.len()).unwrap_or(0)
+            .map(|r| r.total as usize)
+            .unwrap_or(0)
     }
 
     /// Inject a fault.
@@ -199,18 +247,32 @@ fn router(state: Arc<StubState>) -> Router {
         .route("/j/", get(owneriq))
         .route("/v1/{website_id}/events", post(seg))
         .route("/requests", get(list).delete(clear))
+        .route("/requests/count", get(count))
         .route("/faults", post(set_fault).delete(clear_fault))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
 
+fn listing(s: &StubState) -> Vec<Recorded> {
+    s.recorded
+        .lock()
+        .map(|r| r.kept.iter().map(Raw::recorded).collect())
+        .unwrap_or_default()
+}
+
 async fn list(State(s): State<Arc<StubState>>) -> Json<Vec<Recorded>> {
-    Json(s.recorded.lock().map(|r| r.clone()).unwrap_or_default())
+    Json(listing(&s))
+}
+
+/// `GET /requests/count`: how many requests arrived, as `{"count": N}`.
+async fn count(State(s): State<Arc<StubState>>) -> Json<Value> {
+    let n = s.recorded.lock().map(|r| r.total).unwrap_or(0);
+    Json(serde_json::json!({ "count": n }))
 }
 
 async fn clear(State(s): State<Arc<StubState>>) -> StatusCode {
     if let Ok(mut r) = s.recorded.lock() {
-        r.clear();
+        *r = Log::default();
     }
     StatusCode::NO_CONTENT
 }
@@ -256,10 +318,10 @@ fn fault_for(s: &StubState, path: &str) -> (Option<(u16, Option<u64>)>, u64) {
 
 async fn answer(
     s: &StubState,
-    method: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
+    method: &'static str,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
     shape_error: Option<String>,
 ) -> Response {
     let (fault, latency) = fault_for(s, uri.path());
@@ -271,33 +333,25 @@ async fn answer(
         (None, Some((st, ra))) => (st, ra, "injected fault".to_string()),
         (None, None) => (200, None, "ok".to_string()),
     };
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("stub");
-    let rec = Recorded {
-        method: method.to_string(),
-        url: format!("http://{host}{uri}"),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                )
-            })
-            .collect(),
-        body: String::from_utf8_lossy(body).into_owned(),
+    let raw = Raw {
+        method,
+        uri,
+        headers,
+        body,
         status,
         at_ms: crate::event::now_millis(),
     };
     if let Some(f) = &s.file {
-        if let (Ok(mut f), Ok(line)) = (f.lock(), serde_json::to_string(&rec)) {
+        if let (Ok(mut f), Ok(line)) = (f.lock(), serde_json::to_string(&raw.recorded())) {
             let _ = writeln!(f, "{line}");
         }
     }
     if let Ok(mut r) = s.recorded.lock() {
-        r.push(rec);
+        if r.kept.len() >= KEEP_RECORDED {
+            r.kept.pop_front();
+        }
+        r.kept.push_back(raw);
+        r.total += 1;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (code, message).into_response();
@@ -332,7 +386,17 @@ async fn owneriq(State(s): State<Arc<StubState>>, uri: Uri, headers: HeaderMap) 
             None => Some("t is not a list of key|value pairs".into()),
         }
     });
-    answer(&s, "GET", &uri, &headers, b"", problem).await
+    answer(&s, "GET", uri, headers, Bytes::new(), problem).await
+}
+
+/// What the stub checks of a Seg body: a JSON object with string `type` and `messageId`
+/// (other fields are skipped without being built).
+#[derive(Deserialize)]
+struct SegShape<'a> {
+    #[serde(rename = "type", borrow)]
+    _type: std::borrow::Cow<'a, str>,
+    #[serde(rename = "messageId", borrow)]
+    _message_id: std::borrow::Cow<'a, str>,
 }
 
 async fn seg(
@@ -355,17 +419,13 @@ async fn seg(
             (!ct.starts_with("application/json"))
                 .then(|| "Content-Type must be application/json".into())
         })
-        .or_else(|| match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(o))
-                if o.get("type").and_then(Value::as_str).is_some()
-                    && o.get("messageId").and_then(Value::as_str).is_some() =>
-            {
-                None
-            }
-            Ok(_) => Some("body must be an object with type and messageId".into()),
-            Err(e) => Some(format!("body is not JSON: {e}")),
+        .or_else(|| match serde_json::from_slice::<SegShape<'_>>(&body) {
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "body must be a JSON object with string type and messageId: {e}"
+            )),
         });
-    answer(&s, "POST", &uri, &headers, &body, problem).await
+    answer(&s, "POST", uri, headers, body, problem).await
 }
 
 /// `eventrelay stub`: serve until SIGINT/SIGTERM.

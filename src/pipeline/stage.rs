@@ -185,7 +185,7 @@ pub fn run_map_stage(
             .context("beginning transaction")?;
     }
 
-    let mut cc = client_config(k, bootstrap);
+    let mut cc = crate::kafka::consumer_config(k, bootstrap);
     cc.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
