@@ -612,27 +612,36 @@ struct ConsumeArgs<'a> {
     max_in_flight: usize,
 }
 
+/// librdkafka's prefetch bound per consumer. Its default (64 MB per consumer, two consumers per
+/// destination) would be most of the sender's memory while a destination is down and a backlog
+/// waits; 16 MB is still seconds of records at full delivery speed. `[kafka.properties]` wins.
+const PREFETCH_KEY: &str = "queued.max.messages.kbytes";
+const PREFETCH_KB: &str = "16384";
+
 /// A consumer thread: poll, route to lanes by key, commit what is finished; for the retry topic,
 /// pause partitions whose head record is not yet due.
 fn consume(a: ConsumeArgs<'_>) -> Result<()> {
     let progress = Arc::new(Progress::default());
-    let consumer: BaseConsumer<TrackingContext> =
-        crate::kafka::consumer_config(a.kafka, a.bootstrap)
-            .set("group.id", a.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(TrackingContext {
-                progress: progress.clone(),
-                health: a.health,
-                group: a.group.to_string(),
-                drain_timeout: Duration::from_secs(20),
-                transactional: None,
-                closing: AtomicBool::new(false),
-            })
-            .context("creating send consumer")?;
+    let mut cc = crate::kafka::consumer_config(a.kafka, a.bootstrap);
+    if !a.kafka.properties.contains_key(PREFETCH_KEY) {
+        cc.set(PREFETCH_KEY, PREFETCH_KB);
+    }
+    let consumer: BaseConsumer<TrackingContext> = cc
+        .set("group.id", a.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(TrackingContext {
+            progress: progress.clone(),
+            health: a.health,
+            group: a.group.to_string(),
+            drain_timeout: Duration::from_secs(20),
+            transactional: None,
+            closing: AtomicBool::new(false),
+        })
+        .context("creating send consumer")?;
     consumer
         .subscribe(&[a.topic])
         .with_context(|| format!("subscribing to {}", a.topic))?;

@@ -14,6 +14,10 @@
 #      0` moves only partition 0. Then 10 OwnerIQ dead letters (stub answering 400) are redriven
 #      with `eventrelay redrive` once the stub is healthy again (delivered once each, a second
 #      redrive copies nothing).
+#   4. crash: `run --role map` and `run --role send` as separate processes; the sender is killed
+#      with SIGKILL while delivering (the stub adds 5 ms per request so the kill lands
+#      mid-stream) and restarted: every request `eventrelay map` prints for the input reaches
+#      the stub with a 2xx at least once (duplicates are counted and reported).
 # Prints PASS/FAIL lines with figures; exits non-zero on any failure.
 # Needs tansu on PATH (else SKIP, or FAIL with EVENTRELAY_REQUIRE_TANSU=1), python3 with
 # confluent-kafka, and a built eventrelay (target/release, else target/debug; waits up to
@@ -916,6 +920,32 @@ def cmd_redrive_copies(records, prefix, n):
     done()
 
 
+# --- scenario 4 ----------------------------------------------------------------------------
+
+def cmd_delivered_at_least_once(stub, map_out, timeout):
+    """Wait until every `map` request got a 2xx at least once; report duplicates."""
+    exp = load_expect(map_out)
+    want = {d: set(x["messageId"] for x in v) for d, v in exp["requests"].items()}
+    deadline = time.monotonic() + float(timeout)
+    t0 = time.monotonic()
+    while True:
+        succ = defaultdict(Counter)
+        for r in stub_requests(stub):
+            if 200 <= r["status"] < 300:
+                succ[dest_of_path(r["url"])][r["headers"].get("idempotency-key")] += 1
+        if all(want[d] <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    for d in sorted(want):
+        missing = sorted(want[d] - set(succ[d]))
+        dup = sum(n - 1 for k, n in succ[d].items() if k in want[d] and n > 1)
+        check(not missing,
+              f"{d}: {len(want[d]) - len(missing)} of {len(want[d])} expected requests delivered "
+              f"at least once across the SIGKILL (missing {len(missing)} {missing[:5]}); "
+              f"{dup} duplicate deliveries (after {time.monotonic() - t0:.1f}s)")
+    done()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -927,6 +957,7 @@ if __name__ == "__main__":
         "replay-plan": cmd_replay_plan, "replay-moved": cmd_replay_moved,
         "seg-twice": cmd_seg_twice, "redriven": cmd_redriven,
         "redrive-copies": cmd_redrive_copies,
+        "delivered-at-least-once": cmd_delivered_at_least_once,
     }[cmd](*args)
 PYEOF
 chk() { python3 "$CHECK" "$ROOT/tests/e2e" "$@"; }
@@ -1291,6 +1322,53 @@ fi
 kc owneriq5 consume --bootstrap "$B4" --topic dest.owneriq --expect $((2 * N5)) --timeout 30 || true
 run_check chk redrive-copies "$WORK/owneriq5.out" rd- $N5
 stop_eventrelay "$ER4" "eventrelay (scenario 3, redrive)"
+
+# =============================================================================================
+echo "== scenario 4: sender killed with SIGKILL mid-delivery on tansu"
+start_tansu tansu5
+B5=$BOOT
+STUB5=127.0.0.1:$(free_port)
+MET5M=127.0.0.1:$(free_port)
+MET5S=127.0.0.1:$(free_port)
+start_bg stub5 "$BIN" stub --listen "$STUB5"
+wait_port "${STUB5##*:}" 30 || die "stub did not listen on $STUB5"
+http POST "http://$STUB5/faults" '{"latency_ms":5}' >/dev/null
+CONF5M="$WORK/eventrelay5m.toml"
+CONF5S="$WORK/eventrelay5s.toml"
+write_config "$CONF5M" "$B5" "$MET5M" "$STUB5" e2e-kill
+write_config "$CONF5S" "$B5" "$MET5S" "$STUB5" e2e-kill
+start_bg eventrelay5map "$BIN" run --config "$CONF5M" --role map
+ER5M=$LAST_PID
+start_bg eventrelay5send "$BIN" run --config "$CONF5S" --role send
+ER5S=$LAST_PID
+wait_http_ok "http://$MET5S/readyz" 60 || echo "note: sender /readyz not 200 after 60 s, going on"
+N6=3000
+SEED6=23
+"${KC[@]}" generate --count $N6 --seed $SEED6 >"$WORK/events6.ndjson"
+"$BIN" map --config "$CONF5M" "$WORK/events6.ndjson" >"$WORK/map6.ndjson" 2>"$WORK/map6.log" \
+  || die "eventrelay map failed: $(tail -5 "$WORK/map6.log")"
+E_REQ6=$(python3 -c '
+import json,sys; d=json.loads(sys.argv[1]); print(sum(d["requests"].values()))' \
+  "$(chk expect "$WORK/map6.ndjson")")
+kc produce6 produce --bootstrap "$B5" --topic segment.events --generate $N6 --seed $SEED6 \
+  || die "produce failed: $(cat "$WORK/produce6.out" "$WORK/produce6.kc.log" | tail -5)"
+echo "produced: $(cat "$WORK/produce6.out"); $E_REQ6 requests expected"
+# kill the sender once a random share (20-60 %) of the requests has arrived
+KILL_AT=$(python3 -c "import random; print(int($E_REQ6 * random.uniform(0.2, 0.6)))")
+SEEN=0
+for _ in $(seq 1 600); do
+  SEEN=$(http GET "http://$STUB5/requests/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
+  [ "$SEEN" -ge "$KILL_AT" ] && break
+  sleep 0.1
+done
+kill -KILL "$ER5S" 2>/dev/null || true
+wait "$ER5S" 2>/dev/null || true
+echo "sender killed with SIGKILL after the stub saw $SEEN of $E_REQ6 requests"
+start_bg eventrelay5send2 "$BIN" run --config "$CONF5S" --role send
+ER5S2=$LAST_PID
+run_check chk delivered-at-least-once "$STUB5" "$WORK/map6.ndjson" 120
+stop_eventrelay "$ER5S2" "eventrelay (scenario 4, restarted sender)"
+stop_eventrelay "$ER5M" "eventrelay (scenario 4, map)"
 
 echo "== tansu e2e: $PASSES passed, $FAILS failed in $(($(date +%s) - START_TS))s"
 [ "$FAILS" -eq 0 ]
