@@ -8,16 +8,8 @@ echo "== mapping (cargo bench --bench mapping)"
 cargo bench --bench mapping -- --warm-up-time 1 --measurement-time 3 2>/dev/null | sed -n '/^mapping corpus/,$p'
 echo "== pipeline on the mock cluster"
 cargo bench --bench pipeline 2>/dev/null | sed -n '/^pipeline bench/,$p'
-if command -v tansu >/dev/null 2>&1; then
-  work=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-  tpid=$!
-  trap 'kill $tpid 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-  echo "== pipeline on tansu (127.0.0.1:$port)"
-  cargo bench --bench pipeline -- --bootstrap "127.0.0.1:$port" --events "${1:-1000000}" 2>/dev/null | sed -n '/^pipeline bench/,$p'
-else
-  echo "tansu not installed (scripts/setup.sh --tansu): skipping the tansu run"
+. scripts/bench_tansu.sh
+if [ -n "$TANSU_BOOT" ]; then
+  echo "== pipeline on tansu ($TANSU_BOOT)"
+  cargo bench --bench pipeline -- --bootstrap "$TANSU_BOOT" --events "${1:-1000000}" 2>/dev/null | sed -n '/^pipeline bench/,$p'
 fi

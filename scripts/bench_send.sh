@@ -10,16 +10,8 @@ echo "== HTTP ceiling (cargo bench --bench http_ceiling)"
 cargo bench --bench http_ceiling 2>/dev/null | sed -n '/^HTTP ceiling/,$p'
 echo "== sender on the mock cluster (cargo bench --bench sender)"
 cargo bench --bench sender 2>/dev/null | sed -n '/^sender bench/,$p'
-if command -v tansu >/dev/null 2>&1; then
-  work=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-  tpid=$!
-  trap 'kill $tpid 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-  echo "== sender RSS with a backlog on tansu (127.0.0.1:$port)"
-  cargo bench --bench sender -- --bootstrap "127.0.0.1:$port" --backlog "${1:-1000000}" 2>/dev/null | sed -n '/^backlog/,$p'
-else
-  echo "tansu not installed (scripts/setup.sh --tansu): skipping the backlog run"
+. scripts/bench_tansu.sh
+if [ -n "$TANSU_BOOT" ]; then
+  echo "== sender RSS with a backlog on tansu ($TANSU_BOOT)"
+  cargo bench --bench sender -- --bootstrap "$TANSU_BOOT" --backlog "${1:-1000000}" 2>/dev/null | sed -n '/^backlog/,$p'
 fi

@@ -23,6 +23,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Install the global Prometheus recorder once (later calls return the same handle).
 pub fn install_metrics() -> Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
@@ -33,6 +36,17 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .context("setting histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // The recorder keeps histogram samples until they are folded into buckets, which happens on
+    // a scrape or an upkeep: without this thread an unscraped instance grows by every sample
+    // (two per delivery).
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })
+        .context("spawning the metrics upkeep thread")?;
     describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }

@@ -708,6 +708,15 @@ def cmd_metric_value(metrics_addr, name, *labels):
 
 # --- scenario 2 ----------------------------------------------------------------------------
 
+def successes(stub):
+    """2xx answers the stub gave, per destination and Idempotency-Key."""
+    succ = defaultdict(Counter)
+    for r in stub_requests(stub):
+        if 200 <= r["status"] < 300:
+            succ[dest_of_path(r["url"])][r["headers"].get("idempotency-key")] += 1
+    return succ
+
+
 def cmd_wait_delivered(stub, map_out, timeout):
     """Wait until every `map` request got a 2xx at the stub; report per destination."""
     exp = load_expect(map_out)
@@ -715,11 +724,7 @@ def cmd_wait_delivered(stub, map_out, timeout):
     deadline = time.monotonic() + float(timeout)
     t0 = time.monotonic()
     while True:
-        reqs = stub_requests(stub)
-        succ = defaultdict(Counter)
-        for r in reqs:
-            if 200 <= r["status"] < 300:
-                succ[dest_of_path(r["url"])][r["headers"].get("idempotency-key")] += 1
+        succ = successes(stub)
         if all(set(want[d]) <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
@@ -929,10 +934,7 @@ def cmd_delivered_at_least_once(stub, map_out, timeout):
     deadline = time.monotonic() + float(timeout)
     t0 = time.monotonic()
     while True:
-        succ = defaultdict(Counter)
-        for r in stub_requests(stub):
-            if 200 <= r["status"] < 300:
-                succ[dest_of_path(r["url"])][r["headers"].get("idempotency-key")] += 1
+        succ = successes(stub)
         if all(want[d] <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
