@@ -206,12 +206,18 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         }
         p.flush(Duration::from_secs(60)).expect("flush");
         let running = Running::start(&cfg, Role::Send).await.expect("send stage");
+        let give_up = Instant::now() + Duration::from_secs(600);
         while count().await == 0 {
+            assert!(Instant::now() < give_up, "the stub saw no request in 600 s");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let first = Instant::now();
         let (cpu_self, cpu_stub) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
         while count().await < n {
+            assert!(
+                Instant::now() < give_up,
+                "the stub saw fewer than {n} requests in 600 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let secs = first.elapsed().as_secs_f64();

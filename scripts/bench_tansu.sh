@@ -8,8 +8,13 @@ if command -v tansu >/dev/null 2>&1; then
   tansu broker --listener-url "tcp://127.0.0.1:$tansu_port" --advertised-listener-url "tcp://127.0.0.1:$tansu_port" \
     --storage-engine memory://tansu/ >"$tansu_work/tansu.log" 2>&1 &
   tansu_pid=$!
-  trap 'kill $tansu_pid 2>/dev/null; rm -rf "$tansu_work"' EXIT
+  trap 'kill "$tansu_pid" 2>/dev/null || true; wait "$tansu_pid" 2>/dev/null || true; rm -rf "$tansu_work"' EXIT
   for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$tansu_port") 2>/dev/null && break; sleep 0.2; done
+  if ! (echo >"/dev/tcp/127.0.0.1/$tansu_port") 2>/dev/null; then
+    echo "tansu did not listen on 127.0.0.1:$tansu_port within 10 s:" >&2
+    tail -n 5 "$tansu_work/tansu.log" >&2
+    exit 1
+  fi
   TANSU_BOOT="127.0.0.1:$tansu_port"
 else
   echo "tansu not installed (scripts/setup.sh --tansu): skipping the tansu run"

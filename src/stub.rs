@@ -104,12 +104,13 @@ impl Raw {
 }
 
 /// Requests kept in memory for `GET /requests`; older ones are dropped beyond this (the count
-/// keeps going), so a long-running stub does not grow without bound.
-pub const KEEP_RECORDED: usize = 2_000_000;
+/// keeps going), so a long-running stub does not grow without bound. A kept request can pin
+/// the connection's read buffer it was parsed from, so this is a few hundred MB at most.
+pub const KEEP_RECORDED: usize = 250_000;
 
 #[derive(Default)]
 struct Log {
-    kept: std::collections::VecDeque<Raw>,
+    kept: std::collections::VecDeque<Arc<Raw>>,
     total: u64,
 }
 
@@ -158,7 +159,7 @@ impl Stub {
         format!("http://{}", self.addr)
     }
 
-    /// Every request recorded so far.
+    /// The requests kept so far (the last [`KEEP_RECORDED`]), oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         listing(&self.state)
     }
@@ -254,10 +255,13 @@ fn router(state: Arc<StubState>) -> Router {
 }
 
 fn listing(s: &StubState) -> Vec<Recorded> {
-    s.recorded
+    // Take the entries under the lock, build them outside it: handlers keep recording meanwhile.
+    let kept: Vec<Arc<Raw>> = s
+        .recorded
         .lock()
-        .map(|r| r.kept.iter().map(Raw::recorded).collect())
-        .unwrap_or_default()
+        .map(|r| r.kept.iter().cloned().collect())
+        .unwrap_or_default();
+    kept.iter().map(|r| r.recorded()).collect()
 }
 
 async fn list(State(s): State<Arc<StubState>>) -> Json<Vec<Recorded>> {
@@ -350,7 +354,7 @@ async fn answer(
         if r.kept.len() >= KEEP_RECORDED {
             r.kept.pop_front();
         }
-        r.kept.push_back(raw);
+        r.kept.push_back(Arc::new(raw));
         r.total += 1;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -420,7 +424,9 @@ async fn seg(
                 .then(|| "Content-Type must be application/json".into())
         })
         .or_else(|| match serde_json::from_slice::<SegShape<'_>>(&body) {
-            Ok(_) => None,
+            // serde also reads a struct from a JSON array: only an object is the Seg shape.
+            Ok(_) if body.trim_ascii_start().first() == Some(&b'{') => None,
+            Ok(_) => Some("body must be a JSON object with string type and messageId".into()),
             Err(e) => Some(format!(
                 "body must be a JSON object with string type and messageId: {e}"
             )),
@@ -438,4 +444,47 @@ pub fn run(listen: &str, record: Option<&std::path::Path>, fault: Fault) -> Resu
         crate::service::shutdown_signal().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seg_shape_is_checked_and_every_request_recorded() {
+        let stub = Stub::start("127.0.0.1:0", None).await.expect("stub");
+        let url = format!(
+            "{}/v1/abc8fb18-7559-4324-9921-a4b5015b4a1c/events",
+            stub.url()
+        );
+        let client = reqwest::Client::new();
+        let post = |body: &'static str| {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "m-1")
+                .body(body)
+                .send()
+        };
+        let status = |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status().as_u16()).ok();
+        let ok = r#"{"type":"track","messageId":"m-1","event":"Caf\u00e9","properties":{"a":[1]}}"#;
+        assert_eq!(status(post(ok).await), Some(200));
+        assert_eq!(status(post(r#"["track","m-1"]"#).await), Some(400));
+        assert_eq!(status(post(r#"{"type":"track"}"#).await), Some(400));
+        assert_eq!(
+            status(post(r#"{"type":1,"messageId":"m"}"#).await),
+            Some(400)
+        );
+        assert_eq!(status(post("not json").await), Some(400));
+        let recorded = stub.requests();
+        assert_eq!(recorded.len(), 5);
+        assert_eq!(stub.request_count(), 5);
+        assert_eq!(recorded[0].body, ok);
+        assert_eq!(recorded[0].status, 200);
+        assert!(recorded[0].url.ends_with("/events"));
+        assert_eq!(
+            recorded[0].headers.get("idempotency-key"),
+            Some(&Value::from("m-1"))
+        );
+    }
 }

@@ -15,7 +15,7 @@
 #      with `eventrelay redrive` once the stub is healthy again (delivered once each, a second
 #      redrive copies nothing).
 #   4. crash: `run --role map` and `run --role send` as separate processes; the sender is killed
-#      with SIGKILL while delivering (the stub adds 5 ms per request so the kill lands
+#      with SIGKILL while delivering (the stub adds 20 ms per request so the kill lands
 #      mid-stream) and restarted: every request `eventrelay map` prints for the input reaches
 #      the stub with a 2xx at least once (duplicates are counted and reported).
 # Prints PASS/FAIL lines with figures; exits non-zero on any failure.
@@ -1334,7 +1334,7 @@ MET5M=127.0.0.1:$(free_port)
 MET5S=127.0.0.1:$(free_port)
 start_bg stub5 "$BIN" stub --listen "$STUB5"
 wait_port "${STUB5##*:}" 30 || die "stub did not listen on $STUB5"
-http POST "http://$STUB5/faults" '{"latency_ms":5}' >/dev/null
+http POST "http://$STUB5/faults" '{"latency_ms":20}' >/dev/null
 CONF5M="$WORK/eventrelay5m.toml"
 CONF5S="$WORK/eventrelay5s.toml"
 write_config "$CONF5M" "$B5" "$MET5M" "$STUB5" e2e-kill
@@ -1355,17 +1355,30 @@ import json,sys; d=json.loads(sys.argv[1]); print(sum(d["requests"].values()))' 
 kc produce6 produce --bootstrap "$B5" --topic segment.events --generate $N6 --seed $SEED6 \
   || die "produce failed: $(cat "$WORK/produce6.out" "$WORK/produce6.kc.log" | tail -5)"
 echo "produced: $(cat "$WORK/produce6.out"); $E_REQ6 requests expected"
-# kill the sender once a random share (20-60 %) of the requests has arrived
+# kill the sender once a random share (20-60 %) of the requests has arrived (the stub's 20 ms
+# per request keeps 64 lanes under ~3 k requests/s, so this lands mid-delivery)
 KILL_AT=$(python3 -c "import random; print(int($E_REQ6 * random.uniform(0.2, 0.6)))")
-SEEN=0
-for _ in $(seq 1 600); do
-  SEEN=$(http GET "http://$STUB5/requests/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
-  [ "$SEEN" -ge "$KILL_AT" ] && break
-  sleep 0.1
-done
+python3 - "http://$STUB5/requests/count" "$KILL_AT" 120 <<'EOF' || true
+import json, sys, time, urllib.request
+url, want, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        if json.load(urllib.request.urlopen(url, timeout=5))["count"] >= want:
+            break
+    except Exception:
+        pass
+    time.sleep(0.01)
+EOF
 kill -KILL "$ER5S" 2>/dev/null || true
 wait "$ER5S" 2>/dev/null || true
-echo "sender killed with SIGKILL after the stub saw $SEEN of $E_REQ6 requests"
+SEEN=$(http GET "http://$STUB5/requests/count" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])' || echo 0)
+if [ "$SEEN" -gt 0 ] && [ "$SEEN" -lt "$E_REQ6" ]; then
+  pass "sender killed with SIGKILL mid-delivery: the stub had seen $SEEN of $E_REQ6 requests"
+else
+  fail "the SIGKILL did not land mid-delivery: the stub had seen $SEEN of $E_REQ6 requests"
+fi
 start_bg eventrelay5send2 "$BIN" run --config "$CONF5S" --role send
 ER5S2=$LAST_PID
 run_check chk delivered-at-least-once "$STUB5" "$WORK/map6.ndjson" 120
