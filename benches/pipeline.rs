@@ -69,6 +69,9 @@ fn cfg(bootstrap: &str, group: &str) -> Config {
         // What `run` uses on the embedded mock cluster (see `kafka::consumer_config`).
         c.kafka.fetch_wait_max_ms = Some(10);
     }
+    if let Ok(v) = std::env::var("BENCH_FETCH_WAIT_MS") {
+        c.kafka.fetch_wait_max_ms = Some(v.parse().expect("number"));
+    }
     if let Ok(v) = std::env::var("BENCH_MAX_IN_FLIGHT") {
         c.map.max_in_flight = v.parse().expect("number");
     }
@@ -149,7 +152,9 @@ fn pass_through(bootstrap: &str, n: u64) -> f64 {
     let mut first = None;
     let mut read = 0u64;
     let mut last_commit = Instant::now();
+    let mut stall = Stall::new("pass-through", n);
     while acked.load(Ordering::Relaxed) < n {
+        stall.check(acked.load(Ordering::Relaxed));
         if last_commit.elapsed() > Duration::from_millis(500) {
             let _ = consumer.commit_consumer_state(CommitMode::Async);
             last_commit = Instant::now();
@@ -184,6 +189,38 @@ fn pass_through(bootstrap: &str, n: u64) -> f64 {
         }
     }
     n as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64())
+}
+
+/// Gives up with a clear message when a run stops making progress for a minute (tansu's
+/// memory storage can stop returning records at some fetch offsets), instead of hanging.
+struct Stall {
+    what: &'static str,
+    want: u64,
+    seen: u64,
+    since: Instant,
+}
+
+impl Stall {
+    fn new(what: &'static str, want: u64) -> Stall {
+        Stall {
+            what,
+            want,
+            seen: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn check(&mut self, now: u64) {
+        if now != self.seen {
+            self.seen = now;
+            self.since = Instant::now();
+        } else if self.since.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "{}: no progress for 60 s at {} of {}; the broker stopped returning records",
+                self.what, self.seen, self.want
+            );
+        }
+    }
 }
 
 struct Stage {
@@ -249,7 +286,9 @@ fn map_throughput(bootstrap: &str, pool: &[Vec<u8>], n: u64) -> f64 {
         std::thread::sleep(Duration::from_micros(200));
     }
     let first = Instant::now();
+    let mut stall = Stall::new("map stage", want);
     while stage.stats.acked.load(Ordering::Relaxed) < want {
+        stall.check(stage.stats.acked.load(Ordering::Relaxed));
         std::thread::sleep(Duration::from_micros(500));
     }
     let rate = n as f64 / first.elapsed().as_secs_f64();

@@ -9,7 +9,10 @@ cargo bench --bench mapping -- --warm-up-time 1 --measurement-time 3 2>/dev/null
 echo "== pipeline on the mock cluster"
 cargo bench --bench pipeline 2>/dev/null | sed -n '/^pipeline bench/,$p'
 . scripts/bench_tansu.sh
+tansu_start
 if [ -n "$TANSU_BOOT" ]; then
   echo "== pipeline on tansu ($TANSU_BOOT)"
   cargo bench --bench pipeline -- --bootstrap "$TANSU_BOOT" --events "${1:-1000000}" 2>/dev/null | sed -n '/^pipeline bench/,$p'
 fi
+# `BENCH_FETCH_WAIT_MS=10 bash scripts/bench_map.sh N` sets kafka.fetch_wait_max_ms in every run
+# (see the README's notes: tansu's memory storage can stop returning records with short waits).

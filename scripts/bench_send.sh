@@ -11,6 +11,7 @@ cargo bench --bench http_ceiling 2>/dev/null | sed -n '/^HTTP ceiling/,$p'
 echo "== sender on the mock cluster (cargo bench --bench sender)"
 cargo bench --bench sender 2>/dev/null | sed -n '/^sender bench/,$p'
 . scripts/bench_tansu.sh
+tansu_start
 if [ -n "$TANSU_BOOT" ]; then
   echo "== sender RSS with a backlog on tansu ($TANSU_BOOT)"
   cargo bench --bench sender -- --bootstrap "$TANSU_BOOT" --backlog "${1:-1000000}" 2>/dev/null | sed -n '/^backlog/,$p'
