@@ -441,6 +441,30 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
+    #[test]
+    fn consumer_fetch_wait_defaults_by_broker_and_yields_to_properties() {
+        let wait = |toml: &str| {
+            let cfg = crate::config::Config::from_toml(toml).expect("config");
+            consumer_config(&cfg.kafka, "127.0.0.1:1")
+                .get("fetch.wait.max.ms")
+                .map(str::to_string)
+        };
+        assert_eq!(wait(""), Some("10".into()), "embedded mock cluster");
+        let real = "[kafka]\nbootstrap_servers = \"b:9092\"\n";
+        assert_eq!(wait(real), Some("100".into()), "real broker");
+        assert_eq!(
+            wait(&format!("{real}fetch_wait_max_ms = 250\n")),
+            Some("250".into())
+        );
+        assert_eq!(
+            wait(&format!(
+                "{real}fetch_wait_max_ms = 250\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"7\"\n"
+            )),
+            Some("7".into()),
+            "[kafka.properties] wins"
+        );
+    }
+
     fn offsets(t: &mut OffsetTracker) -> Vec<(i32, i64)> {
         let mut v: Vec<(i32, i64)> = t
             .take_commits(None, false)
