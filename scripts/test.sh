@@ -8,7 +8,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh --tansu
 cargo build --release --bins
 # Unit, golden, property and mock-cluster tests; benches are only compiled here (their figures
-# come from `cargo bench` and scripts/bench_map.sh, never from timed tests).
+# come from `cargo bench`, scripts/bench_map.sh and scripts/bench_send.sh, never from timed tests).
 cargo test --lib --bins --tests
 cargo bench --no-run
 export EVENTRELAY_REQUIRE_TANSU=1
