@@ -16,8 +16,9 @@
 #      redrive copies nothing).
 #   4. crash: `run --role map` and `run --role send` as separate processes; the sender is killed
 #      with SIGKILL while delivering (the stub adds 20 ms per request so the kill lands
-#      mid-stream) and restarted: every request `eventrelay map` prints for the input reaches
-#      the stub with a 2xx at least once (duplicates are counted and reported).
+#      mid-stream) and restarted after its 6 s session timeout: every request `eventrelay map`
+#      prints for the input reaches the stub with a 2xx at least once (duplicates are counted
+#      and reported).
 # Prints PASS/FAIL lines with figures; exits non-zero on any failure.
 # Needs tansu on PATH (else SKIP, or FAIL with EVENTRELAY_REQUIRE_TANSU=1), python3 with
 # confluent-kafka, and a built eventrelay (target/release, else target/debug; waits up to
@@ -717,17 +718,22 @@ def successes(stub):
     return succ
 
 
+def wait_successes(stub, want, timeout):
+    """Poll until every wanted Idempotency-Key got a 2xx (or the timeout); the last count."""
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        succ = successes(stub)
+        if all(set(want[d]) <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
+            return succ
+        time.sleep(0.5)
+
+
 def cmd_wait_delivered(stub, map_out, timeout):
     """Wait until every `map` request got a 2xx at the stub; report per destination."""
     exp = load_expect(map_out)
     want = {d: Counter(x["messageId"] for x in v) for d, v in exp["requests"].items()}
-    deadline = time.monotonic() + float(timeout)
     t0 = time.monotonic()
-    while True:
-        succ = successes(stub)
-        if all(set(want[d]) <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
+    wait_successes(stub, want, timeout)
     time.sleep(1.0)
     reqs = stub_requests(stub)
     succ = defaultdict(Counter)
@@ -931,13 +937,8 @@ def cmd_delivered_at_least_once(stub, map_out, timeout):
     """Wait until every `map` request got a 2xx at least once; report duplicates."""
     exp = load_expect(map_out)
     want = {d: set(x["messageId"] for x in v) for d, v in exp["requests"].items()}
-    deadline = time.monotonic() + float(timeout)
     t0 = time.monotonic()
-    while True:
-        succ = successes(stub)
-        if all(want[d] <= set(succ[d]) for d in want) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
+    succ = wait_successes(stub, want, timeout)
     for d in sorted(want):
         missing = sorted(want[d] - set(succ[d]))
         dup = sum(n - 1 for k, n in succ[d].items() if k in want[d] and n > 1)
@@ -1339,6 +1340,8 @@ CONF5M="$WORK/eventrelay5m.toml"
 CONF5S="$WORK/eventrelay5s.toml"
 write_config "$CONF5M" "$B5" "$MET5M" "$STUB5" e2e-kill
 write_config "$CONF5S" "$B5" "$MET5S" "$STUB5" e2e-kill
+# A short session timeout for the sender, so the killed member leaves the group in seconds.
+printf '\n[kafka.properties]\n"session.timeout.ms" = "6000"\n' >>"$CONF5S"
 start_bg eventrelay5map "$BIN" run --config "$CONF5M" --role map
 ER5M=$LAST_PID
 start_bg eventrelay5send "$BIN" run --config "$CONF5S" --role send
@@ -1379,6 +1382,10 @@ if [ "$SEEN" -gt 0 ] && [ "$SEEN" -lt "$E_REQ6" ]; then
 else
   fail "the SIGKILL did not land mid-delivery: the stub had seen $SEEN of $E_REQ6 requests"
 fi
+# Restart once the killed member's session has expired. tansu 0.6.0 sometimes gives a member
+# that joined while the dead one was still in the group an empty assignment when the dead one
+# expires, and never rebalances again (seen once in three runs; a real broker does not).
+sleep 10
 start_bg eventrelay5send2 "$BIN" run --config "$CONF5S" --role send
 ER5S2=$LAST_PID
 run_check chk delivered-at-least-once "$STUB5" "$WORK/map6.ndjson" 120
