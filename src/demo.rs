@@ -111,7 +111,7 @@ pub fn run(repeat: usize) -> Result<()> {
         eprintln!();
         let map_stats = running.map_stats.clone();
         let send_stats = running.send_stats.clone();
-        let requests = stub.requests().len();
+        let requests = stub.request_count();
         running.shutdown(Duration::from_secs(60)).await?;
         print_summary(&dests, &map_stats, &send_stats, requests);
         if !done {
