@@ -173,7 +173,12 @@ struct AttemptError {
 const MAX_IN_PLACE_WAIT: Duration = Duration::from_secs(5);
 
 impl Lane {
-    async fn attempt(&self, req: &HttpRequest) -> Result<u16, AttemptError> {
+    /// One request; `body` is the request's body, shared between attempts without copying.
+    async fn attempt(
+        &self,
+        req: &HttpRequest,
+        body: Option<&bytes::Bytes>,
+    ) -> Result<u16, AttemptError> {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
@@ -187,7 +192,7 @@ impl Lane {
         for (k, v) in &req.headers {
             rb = rb.header(*k, v);
         }
-        if let Some(b) = &req.body {
+        if let Some(b) = body {
             rb = rb.body(b.clone());
         }
         let started = Instant::now();
@@ -259,12 +264,13 @@ impl Lane {
                     .map(|req| (r, req))
                     .map_err(|e| (e.reason, e.message))
             });
-        let (record, req) = match built {
+        let (record, mut req) = match built {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 return self.finish_dead(item, reason, &message, None, 0).await;
             }
         };
+        let body = req.body.take().map(bytes::Bytes::from);
         // Retry headers count only on the retry topic: a dead letter redriven to `dest.<d>`
         // starts a fresh retry window.
         let retry_header = |name: &str| item.retried.then(|| item.header(name)).flatten();
@@ -283,7 +289,7 @@ impl Lane {
             .with_jitter();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(&req).await
+            self.attempt(&req, body.as_ref()).await
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
