@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod sender;
 pub mod service;
 pub mod stub;
+pub mod tester;
 
 /// The destination-ready record schema, generated from `proto/record.proto`.
 pub mod record {

@@ -1,7 +1,7 @@
 //! Golden tests: every example call in the destination docs (`shared/seeds/`), mapped with the
 //! example config, must produce exactly the request SPEC §3 describes.
 
-use eventrelay::cli::map_ndjson;
+use eventrelay::tester::map_ndjson;
 use eventrelay::config::Config;
 use eventrelay::destinations::owneriq::decode_t;
 use eventrelay::destinations::Destination;

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use eventrelay::cli::{map_ndjson, Role};
+use eventrelay::cli::Role;
+use eventrelay::tester::map_ndjson;
 use eventrelay::config::Config;
 use eventrelay::service::Running;
 use eventrelay::stub::{Fault, Recorded, Stub};
