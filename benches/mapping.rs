@@ -12,7 +12,7 @@ use corpus::corpus;
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use eventrelay::config::Config;
 use eventrelay::destinations::{Destination, Routed};
-use eventrelay::pipeline::map_input;
+use eventrelay::map_input;
 use prost::Message;
 use serde_json::Value;
 use std::sync::Arc;

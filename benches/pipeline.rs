@@ -17,10 +17,10 @@
 mod corpus;
 
 use eventrelay::config::Config;
-use eventrelay::kafka::{client_config, consumer_config, ensure_topics, Embedded};
 use eventrelay::ops::Health;
-use eventrelay::pipeline::stage::{run_map_stage, MapStats};
 use eventrelay::record::Record;
+use eventrelay::{client_config, consumer_config, ensure_topics, Embedded};
+use eventrelay::{run_map_stage, MapStats};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -31,6 +31,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The mock keeps at most 5 MB per partition (librdkafka's rdkafka_mock.c), so the mock run
 /// spreads its events over more partitions than usual.
@@ -224,14 +225,14 @@ impl Stall {
 }
 
 struct Stage {
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     stats: Arc<MapStats>,
     handle: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
 fn start_map(bootstrap: &str, group: &str) -> Stage {
     let c = cfg(bootstrap, group);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let stats = Arc::new(MapStats::default());
     let (b, s, st) = (bootstrap.to_string(), stop.clone(), stats.clone());
     let handle =
@@ -245,7 +246,7 @@ fn start_map(bootstrap: &str, group: &str) -> Stage {
 
 impl Stage {
     fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         let _ = self.handle.join();
     }
 }
@@ -261,19 +262,17 @@ fn expected_outputs(pool: &[Vec<u8>], n: usize) -> u64 {
         .collect();
     let per: Vec<u64> = pool
         .iter()
-        .map(
-            |e| match eventrelay::pipeline::map_input(&dests, e, None, 0) {
-                Err(_) => 1,
-                Ok((_, routed)) => routed
-                    .iter()
-                    .map(|r| match r {
-                        eventrelay::destinations::Routed::Records(v) => v.len() as u64,
-                        eventrelay::destinations::Routed::Rejected(_) => 1,
-                        eventrelay::destinations::Routed::Skipped(_) => 0,
-                    })
-                    .sum(),
-            },
-        )
+        .map(|e| match eventrelay::map_input(&dests, e, None, 0) {
+            Err(_) => 1,
+            Ok((_, routed)) => routed
+                .iter()
+                .map(|r| match r {
+                    eventrelay::destinations::Routed::Records(v) => v.len() as u64,
+                    eventrelay::destinations::Routed::Rejected(_) => 1,
+                    eventrelay::destinations::Routed::Skipped(_) => 0,
+                })
+                .sum(),
+        })
         .collect();
     (0..n).map(|i| per[i % pool.len()]).sum()
 }

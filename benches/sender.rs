@@ -21,13 +21,13 @@
 #[path = "corpus.rs"]
 mod corpus;
 
-use eventrelay::cli::Role;
+use eventrelay::app::Role;
+use eventrelay::app::Running;
 use eventrelay::config::Config;
 use eventrelay::destinations::Routed;
-use eventrelay::kafka::{client_config, ensure_topics, Embedded};
-use eventrelay::pipeline::map_input;
+use eventrelay::map_input;
 use eventrelay::record::Record;
-use eventrelay::service::Running;
+use eventrelay::{client_config, ensure_topics, Embedded};
 use prost::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::collections::HashMap;
@@ -274,7 +274,7 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             .bytes()
             .await
             .expect("listing");
-        let listing: Vec<eventrelay::stub::Recorded> =
+        let listing: Vec<eventrelay::testkit::stub::Recorded> =
             serde_json::from_slice(&body).expect("listing json");
         if std::env::var("BENCH_DEBUG").is_ok() {
             let t0 = sent_at.values().min().copied().unwrap_or(0);

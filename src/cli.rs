@@ -1,7 +1,7 @@
 //! The command line: `map`, `run`, `demo`, `stub`, `replay`, `redrive` (SPEC §6).
 
+use crate::app::Role;
 use crate::config::Config;
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -123,17 +123,6 @@ pub enum Command {
     },
 }
 
-/// Which stages `run` starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Input topic → destination topics.
-    Map,
-    /// Destination topics → destination HTTP APIs.
-    Send,
-    /// Both, in one process.
-    All,
-}
-
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -145,9 +134,13 @@ pub fn main() -> i32 {
     crate::ops::init_logging(&cli.log_format, default_level);
     let result = match cli.command {
         Command::Map { config, file } => crate::tester::run(&config, file.as_deref()),
-        Command::Run { config, role } => {
-            Config::load(Some(&config)).and_then(|cfg| crate::service::run(cfg, role))
-        }
+        Command::Run { config, role } => Config::load(Some(&config)).and_then(|cfg| {
+            crate::app::runtime()?.block_on(crate::app::run(
+                cfg,
+                role,
+                crate::app::shutdown_signal(),
+            ))
+        }),
         Command::Demo { repeat } => crate::demo::run(repeat),
         Command::Replay {
             config,
@@ -218,10 +211,10 @@ pub fn main() -> i32 {
             fault_status,
             fault_rate,
             fault_for_secs,
-        } => crate::stub::run(
+        } => crate::testkit::stub::run(
             &listen,
             record.as_deref(),
-            crate::stub::Fault {
+            crate::testkit::stub::Fault {
                 status: fault_status,
                 rate: fault_rate,
                 for_secs: fault_for_secs,

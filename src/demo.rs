@@ -2,36 +2,15 @@
 //! the stub destinations (with a fault window, so retries show), the sample events from
 //! `examples/`, live progress, and a summary table at the end.
 
-use crate::cli::Role;
+use crate::app::{runtime, Role, Running};
 use crate::config::Config;
-use crate::kafka::produce_lines;
-use crate::service::{runtime, Running};
-use crate::stub::{Fault, Stub};
+use crate::pipeline::stage::{DestOutcome, MapStats};
+use crate::sender::{SendCount, SendStats};
+use crate::testkit::stub::{Fault, Stub};
+use crate::testkit::{produce_lines, sample_events};
 use anyhow::{bail, Result};
-use serde_json::Value;
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-const EVENTS: &str = include_str!("../examples/events.ndjson");
-
-/// The sample events, `repeat` times, each copy with its own messageIds.
-pub fn sample_events(repeat: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for i in 0..repeat {
-        for line in EVENTS.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<Value>(line) {
-                Ok(Value::Object(mut o)) => {
-                    if let Some(Value::String(id)) = o.get("messageId").cloned() {
-                        o.insert("messageId".into(), Value::from(format!("{id}-{i}")));
-                    }
-                    out.push(Value::Object(o).to_string().into_bytes());
-                }
-                _ => out.push(line.as_bytes().to_vec()),
-            }
-        }
-    }
-    out
-}
 
 fn demo_config(stub_url: &str) -> Result<Config> {
     Config::from_toml(&format!(
@@ -90,15 +69,14 @@ pub fn run(repeat: usize) -> Result<()> {
         while started.elapsed() < Duration::from_secs(120) {
             let m = &running.map_stats;
             let processed = m.processed.load(std::sync::atomic::Ordering::Relaxed);
-            let outcomes = m.outcomes();
             let mut finished = processed >= total;
             let mut line = format!("\r[{:>5.1}s] mapped {processed}/{total} events", started.elapsed().as_secs_f64());
             for d in &dests {
-                let mapped = outcomes.get(&(d.to_string(), "produced".into())).copied().unwrap_or(0);
+                let mapped = m.produced(d);
                 let s = &running.send_stats;
-                let (ok, dead) = (s.get(d, "delivered"), s.get(d, "dead_lettered"));
+                let (ok, dead) = (s.get(d, SendCount::Delivered), s.get(d, SendCount::DeadLettered));
                 finished &= ok + dead >= mapped;
-                line.push_str(&format!(" · {d}: {ok}/{mapped} delivered, {} retries", s.get(d, "retried")));
+                line.push_str(&format!(" · {d}: {ok}/{mapped} delivered, {} retries", s.get(d, SendCount::Retried)));
             }
             eprint!("{line}   ");
             let _ = std::io::stderr().flush();
@@ -121,14 +99,8 @@ pub fn run(repeat: usize) -> Result<()> {
     })
 }
 
-fn print_summary(
-    dests: &[&str],
-    map: &crate::pipeline::stage::MapStats,
-    send: &crate::sender::SendStats,
-    requests: usize,
-) {
+fn print_summary(dests: &[&str], map: &MapStats, send: &SendStats, requests: usize) {
     use std::sync::atomic::Ordering::Relaxed;
-    let outcomes = map.outcomes();
     println!();
     println!(
         "input: {} events read, {} invalid (to segment.events.dlq)",
@@ -149,38 +121,26 @@ fn print_summary(
         "dead-lettered"
     );
     for d in dests {
-        let sum = |prefix: &str| -> u64 {
-            outcomes
-                .iter()
-                .filter(|((dd, o), _)| dd == d && o.starts_with(prefix))
-                .map(|(_, n)| *n)
-                .sum()
-        };
         println!(
             "{:<10} {:>7} {:>9} {:>8} {:>9} {:>8} {:>11} {:>13}",
             d,
-            sum("produced"),
-            sum("skipped:"),
-            sum("rejected:"),
-            send.get(d, "delivered"),
-            send.get(d, "retried"),
-            send.get(d, "retry_topic"),
-            send.get(d, "dead_lettered"),
+            map.produced(d),
+            map.skipped(d),
+            map.rejected(d),
+            send.get(d, SendCount::Delivered),
+            send.get(d, SendCount::Retried),
+            send.get(d, SendCount::RetryTopic),
+            send.get(d, SendCount::DeadLettered),
         );
     }
     println!();
     println!("skipped and rejected by reason:");
-    for ((d, o), n) in &outcomes {
-        if let Some(r) = o
-            .strip_prefix("skipped:")
-            .or_else(|| o.strip_prefix("rejected:"))
-        {
-            let kind = if o.starts_with("skipped") {
-                "skipped"
-            } else {
-                "rejected"
-            };
-            println!("  {d:<10} {kind:<9} {r:<20} {n:>7}");
-        }
+    for ((d, o), n) in &map.outcomes() {
+        let (kind, reason) = match o {
+            DestOutcome::Produced => continue,
+            DestOutcome::Skipped(r) => ("skipped", r),
+            DestOutcome::Rejected(r) => ("rejected", r),
+        };
+        println!("  {d:<10} {kind:<9} {reason:<20} {n:>7}");
     }
 }

@@ -1,27 +1,40 @@
 //! eventrelay: delivers raw Segment events from Kafka to Segment-style destinations.
 //!
-//! The crate is laid out by stage, as the data flows:
+//! The crate is laid out by stage, in the order data flows:
+//! - [`config`]: the TOML configuration, every key overridable from the environment;
 //! - [`event`]: the Segment event model and its validation;
 //! - [`destinations`]: one module per destination (pure mapping and request building);
 //! - [`record`]: the protobuf record written to `dest.<destination>` topics (`proto/`);
-//! - [`pipeline`]: the map stage (consumer group → worker pool → destination topics);
-//! - [`sender`]: the send stage (destination topics → HTTP, retries, dead letters);
-//! - [`kafka`]: client settings, topics, the embedded cluster, offset tracking;
-//! - [`ops`]: metrics, health, logging; [`service`]: `run`; [`stub`], [`demo`];
-//! - [`config`], [`cli`]: the TOML configuration and the command line.
+//! - `pipeline`: the map stage (consumer group → worker pool → destination topics);
+//! - `sender`: the send stage (destination topics → HTTP, retries, dead letters);
+//! - `kafka`: client presets, topics, the embedded cluster, the offset tracker, the one stage
+//!   consumer both stages run, and the `eventrelay.*` [`headers`];
+//! - [`ops`]: metrics, health, and the offset tools `replay` and `redrive`;
+//! - [`app`]: roles, the runtime and the shutdown token; [`tester`]: `eventrelay map`;
+//! - `demo`, and [`testkit`] (the stub destination and sample events; never on the service
+//!   path); `cli` parses the command line and dispatches, and nothing imports it.
+#![warn(missing_docs)]
 
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod demo;
+mod demo;
 pub mod destinations;
 pub mod event;
-pub mod kafka;
+mod kafka;
 pub mod ops;
-pub mod pipeline;
-pub mod sender;
-pub mod service;
-pub mod stub;
+mod pipeline;
+mod sender;
 pub mod tester;
+pub mod testkit;
+
+pub use kafka::headers;
+pub use kafka::{
+    all_topics, client_config, consumer_config, ensure_topics, producer_config, Embedded,
+};
+pub use pipeline::map_input;
+pub use pipeline::stage::{run_map_stage, DestOutcome, MapStats};
+pub use sender::{parse_retry_after, run_send_stage, SendCount, SendStats};
 
 /// The destination-ready record schema, generated from `proto/record.proto`.
 pub mod record {

@@ -1,9 +1,10 @@
 //! The send stage: per destination, drain `dest.<d>` (and its retry topic) to the destination's
 //! HTTP API.
 //!
-//! For each destination, two consumer threads (the destination topic, and its retry topic) feed
+//! For each destination, two stage consumers (the destination topic, and its retry topic) feed
 //! `concurrency` lanes. A record goes to the lane of its key's hash, so one user's records are
-//! sent one after another, in order, while different users go in parallel. A lane sends with a
+//! sent one after another, in order, while different users go in parallel; a full lane pauses
+//! only the partitions feeding it (see [`crate::kafka::StageConsumer`]). A lane sends with a
 //! few quick in-place retries (backon, jittered exponential, honouring `Retry-After`); a record
 //! still failing is handed to `dest.<d>.retry` with a due time, so it never blocks its partition.
 //! The retry consumer pauses a partition until its head record is due, then resumes it; it
@@ -16,23 +17,40 @@
 use crate::config::{Config, DeliveryConfig, EnabledDestination};
 use crate::destinations::{AnswerClass, Destination, HttpRequest};
 use crate::event::now_millis;
-use crate::kafka::{client_config, Progress, Slot, TrackingContext};
-use crate::ops::Health;
+use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin, RetryState};
+use crate::kafka::{
+    producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
+};
 use crate::record::Record;
 use anyhow::{anyhow, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Attempts a retry header may claim; more is a forged or corrupt header.
+const MAX_ATTEMPTS: u32 = 1_000_000;
+
+/// What the send stage counts per destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendCount {
+    /// Delivered (the destination answered success).
+    Delivered,
+    /// In-place retries made.
+    Retried,
+    /// Handed to the retry topic.
+    RetryTopic,
+    /// Dead-lettered.
+    DeadLettered,
+}
 
 /// Per-destination delivery counts, for the demo summary and tests.
 #[derive(Debug, Default)]
@@ -57,19 +75,18 @@ impl SendStats {
         }
     }
 
-    /// Count of `what` (`delivered`, `retried`, `retry_topic`, `dead_lettered`) for `dest`.
-    pub fn get(&self, dest: &str, what: &str) -> u64 {
+    /// The count of `what` for `dest` (0 for a destination that has not started).
+    pub fn get(&self, dest: &str, what: SendCount) -> u64 {
         let Some(c) = self.per_dest.lock().ok().and_then(|m| m.get(dest).cloned()) else {
             return 0;
         };
-        let n = match what {
-            "delivered" => &c.delivered,
-            "retried" => &c.retried,
-            "retry_topic" => &c.retry_topic,
-            "dead_lettered" => &c.dead_lettered,
-            _ => return 0,
-        };
-        n.load(Ordering::Relaxed)
+        match what {
+            SendCount::Delivered => &c.delivered,
+            SendCount::Retried => &c.retried,
+            SendCount::RetryTopic => &c.retry_topic,
+            SendCount::DeadLettered => &c.dead_lettered,
+        }
+        .load(Ordering::Relaxed)
     }
 }
 
@@ -106,22 +123,6 @@ impl LaneMetrics {
     }
 }
 
-/// Header names of the retry topic.
-pub mod headers {
-    /// When the record is due again (ms since the epoch).
-    pub const DUE: &str = "eventrelay.retry.due_ms";
-    /// Attempts made so far.
-    pub const ATTEMPTS: &str = "eventrelay.retry.attempts";
-    /// When the first attempt was made (ms since the epoch); the retry window counts from it.
-    pub const FIRST: &str = "eventrelay.retry.first_attempt_ms";
-    /// Where the record was first read from.
-    pub const ORIGIN_TOPIC: &str = "eventrelay.origin.topic";
-    /// Partition it was first read from.
-    pub const ORIGIN_PARTITION: &str = "eventrelay.origin.partition";
-    /// Offset it was first read from.
-    pub const ORIGIN_OFFSET: &str = "eventrelay.origin.offset";
-}
-
 /// One record read, on its way to a lane.
 struct Item {
     slot: Slot,
@@ -131,20 +132,6 @@ struct Item {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Option<OwnedHeaders>,
-}
-
-impl Item {
-    fn header(&self, name: &str) -> Option<String> {
-        header_value(self.headers.as_ref()?, name)
-    }
-}
-
-fn header_value(h: &OwnedHeaders, name: &str) -> Option<String> {
-    h.iter()
-        .filter(|hd| hd.key == name)
-        .last()
-        .and_then(|hd| hd.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Everything a lane needs, shared by all lanes of one destination.
@@ -173,6 +160,41 @@ struct AttemptError {
 const MAX_IN_PLACE_WAIT: Duration = Duration::from_secs(5);
 
 impl Lane {
+    /// One destination's HTTP client, rate limiter, producer (retry topic, DLQ) and metrics.
+    fn new(
+        cfg: &Config,
+        bootstrap: &str,
+        d: &EnabledDestination,
+        stats: &SendStats,
+    ) -> Result<Lane> {
+        let k = &cfg.kafka;
+        let name = d.dest.name();
+        let delivery = d.delivery.clone();
+        let client = reqwest::Client::builder()
+            .timeout(delivery.timeout)
+            .pool_max_idle_per_host(delivery.concurrency)
+            .build()
+            .context("creating HTTP client")?;
+        let limiter = delivery
+            .rate_limit
+            .and_then(NonZeroU32::new)
+            .map(|r| RateLimiter::direct(Quota::per_second(r)));
+        let producer: FutureProducer = producer_config(k, bootstrap)
+            .create()
+            .context("creating producer")?;
+        Ok(Lane {
+            dest: d.dest.clone(),
+            delivery,
+            client,
+            limiter,
+            producer,
+            retry_topic: k.retry_topic(name),
+            dlq_topic: k.dlq_topic(name),
+            counts: stats.for_dest(name),
+            metrics: LaneMetrics::new(name),
+        })
+    }
+
     /// One request; `body` is the request's body, shared between attempts without copying.
     async fn attempt(
         &self,
@@ -273,13 +295,13 @@ impl Lane {
         let body = req.body.take().map(bytes::Bytes::from);
         // Retry headers count only on the retry topic: a dead letter redriven to `dest.<d>`
         // starts a fresh retry window.
-        let retry_header = |name: &str| item.retried.then(|| item.header(name)).flatten();
-        let prior: u32 = retry_header(headers::ATTEMPTS)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
-        let first_ms: i64 = retry_header(headers::FIRST)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(now_millis);
+        let now = now_millis();
+        let retry_headers = item.headers.as_ref().filter(|_| item.retried);
+        let prior =
+            headers::count(retry_headers, headers::RETRY_ATTEMPTS, MAX_ATTEMPTS).unwrap_or(0);
+        // A first attempt "in the future" (a clock or a forged header) counts from now.
+        let first_ms =
+            headers::time_ms(retry_headers, headers::RETRY_FIRST, now).map_or(now, |f| f.min(now));
         let attempts = AtomicU32::new(0);
         let d = &self.delivery;
         let backoff = ExponentialBuilder::new()
@@ -302,7 +324,7 @@ impl Lane {
             self.counts.retried.fetch_add(1, Ordering::Relaxed);
         })
         .await;
-        let attempts = prior + attempts.load(Ordering::Relaxed);
+        let attempts = prior.saturating_add(attempts.load(Ordering::Relaxed));
         match result {
             Ok(_) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
@@ -347,23 +369,15 @@ impl Lane {
             .nth(attempts.min(64) as usize)
             .unwrap_or(d.backoff_max);
         let delay = e.retry_after.map_or(delay, |ra| ra.max(delay));
-        let due = now_millis() + delay.as_millis() as i64;
-        let mut h = OwnedHeaders::new();
+        let due = now_millis().saturating_add(delay.as_millis() as i64);
         let origin = origin_of(&item);
-        for (k, v) in [
-            (headers::DUE, due.to_string()),
-            (headers::ATTEMPTS, attempts.to_string()),
-            (headers::FIRST, first_ms.to_string()),
-            (headers::ORIGIN_TOPIC, origin.0),
-            (headers::ORIGIN_PARTITION, origin.1),
-            (headers::ORIGIN_OFFSET, origin.2),
-            ("eventrelay.retry.last_error", e.message.clone()),
-        ] {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
+        let h = headers::retry(&RetryState {
+            due_ms: due,
+            attempts,
+            first_attempt_ms: first_ms,
+            origin: &origin,
+            last_error: &e.message,
+        });
         let name = self.dest.name();
         if self.produce(&self.retry_topic, &item, h).await {
             self.counts.retry_topic.fetch_add(1, Ordering::Relaxed);
@@ -384,33 +398,18 @@ impl Lane {
         status: Option<u16>,
         attempts: u32,
     ) {
-        let mut h = OwnedHeaders::new();
-        if let Some(orig) = &item.headers {
-            for hd in orig.iter() {
-                h = h.insert(Header {
-                    key: hd.key,
-                    value: hd.value,
-                });
-            }
-        }
         let origin = origin_of(&item);
-        let status = status.map(|s| s.to_string()).unwrap_or_default();
-        for (k, v) in [
-            ("eventrelay.error.stage", "send".to_string()),
-            ("eventrelay.error.reason", reason.to_string()),
-            ("eventrelay.error.message", message.to_string()),
-            ("eventrelay.error.topic", origin.0),
-            ("eventrelay.error.partition", origin.1),
-            ("eventrelay.error.offset", origin.2),
-            ("eventrelay.error.status", status),
-            ("eventrelay.error.attempts", attempts.to_string()),
-            ("eventrelay.error.destination", self.dest.name().to_string()),
-        ] {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
+        let h = headers::dead_letter(
+            item.headers.as_ref(),
+            &DeadLetter {
+                stage: ErrorStage::Send,
+                reason,
+                message,
+                origin: &origin,
+                destination: Some(self.dest.name()),
+                send: Some((status, attempts)),
+            },
+        );
         let name = self.dest.name();
         tracing::debug!(destination = name, reason, "dead-lettering record");
         if self.produce(&self.dlq_topic, &item, h).await {
@@ -443,19 +442,13 @@ impl Lane {
 }
 
 /// Where a record was first read: the origin headers of a retried record, else its own slot.
-fn origin_of(item: &Item) -> (String, String, String) {
-    match (
-        item.header(headers::ORIGIN_TOPIC),
-        item.header(headers::ORIGIN_PARTITION),
-        item.header(headers::ORIGIN_OFFSET),
-    ) {
-        (Some(t), Some(p), Some(o)) => (t, p, o),
-        _ => (
-            item.slot.topic.to_string(),
-            item.slot.partition.to_string(),
-            item.slot.offset.to_string(),
-        ),
-    }
+fn origin_of(item: &Item) -> Origin {
+    // Origin headers survive a redrive too, so a dead letter always names where it began.
+    headers::origin(item.headers.as_ref()).unwrap_or_else(|| Origin {
+        topic: item.slot.topic.to_string(),
+        partition: item.slot.partition,
+        offset: item.slot.offset,
+    })
 }
 
 /// Wait for every lane; dropping the returned future (on timeout) aborts those still running.
@@ -488,89 +481,65 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms.clamp(0, 24 * 3600 * 1000) as u64))
 }
 
-/// Run one destination's send stage until `stop`; then drain (bounded), commit and return.
+/// Run one destination's send stage until `shutdown`; then drain (bounded), commit and return.
 pub async fn run_send_stage(
     cfg: &Config,
     bootstrap: &str,
     d: EnabledDestination,
-    stop: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     stats: Arc<SendStats>,
-    health: Arc<Health>,
+    observer: Arc<dyn GroupObserver>,
 ) -> Result<()> {
     let k = &cfg.kafka;
     let name = d.dest.name();
     let delivery = d.delivery.clone();
-    let client = reqwest::Client::builder()
-        .timeout(delivery.timeout)
-        .pool_max_idle_per_host(delivery.concurrency)
-        .build()
-        .context("creating HTTP client")?;
-    let limiter = delivery
-        .rate_limit
-        .and_then(NonZeroU32::new)
-        .map(|r| RateLimiter::direct(Quota::per_second(r)));
-    let producer: FutureProducer = client_config(k, bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .context("creating producer")?;
-    let lane = Arc::new(Lane {
-        dest: d.dest.clone(),
-        delivery: delivery.clone(),
-        client,
-        limiter,
-        producer,
-        retry_topic: k.retry_topic(name),
-        dlq_topic: k.dlq_topic(name),
-        counts: stats.for_dest(name),
-        metrics: LaneMetrics::new(name),
-    });
-    let mut senders = Vec::with_capacity(delivery.concurrency);
-    let mut lanes = Vec::with_capacity(delivery.concurrency);
-    for _ in 0..delivery.concurrency {
-        let (tx, mut rx) = mpsc::channel::<Item>(64);
-        senders.push(tx);
-        let lane = lane.clone();
-        lanes.push(tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                lane.deliver(item).await;
-            }
-        }));
-    }
+    let lane = Arc::new(Lane::new(cfg, bootstrap, &d, &stats)?);
+    let (senders, lanes) = start_lanes(&lane, delivery.concurrency);
+    // Either consumer failing stops both (and the stage), so the process restarts instead of
+    // half the destination going unconsumed.
+    let stage = shutdown.child_token();
     let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
-    // Either consumer failing stops both, so the stage ends and the process restarts instead
-    // of half the destination going unconsumed.
-    let failed = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
-    for (topic, group, retry) in [
-        (k.destination_topic(name), group.clone(), false),
-        (k.retry_topic(name), format!("{group}.retry"), true),
+    for (topic, group, member, retry) in [
+        (
+            k.destination_topic(name),
+            group.clone(),
+            format!("send.{name}"),
+            false,
+        ),
+        (
+            k.retry_topic(name),
+            format!("{group}.retry"),
+            format!("send.{name}.retry"),
+            true,
+        ),
     ] {
-        let (cfg_k, b, stop, failed, health, senders) = (
+        let spec = ConsumerSpec {
+            group,
+            member,
+            topic,
+            max_in_flight,
+            commit_every: Duration::from_millis(500),
+            defaults: vec![(PREFETCH_KEY, PREFETCH_KB.to_string())],
+            transactional: None,
+        };
+        let (kafka, b, stage, observer, senders) = (
             k.clone(),
             bootstrap.to_string(),
-            stop.clone(),
-            failed.clone(),
-            health.clone(),
+            stage.clone(),
+            observer.clone(),
             senders.clone(),
         );
         consumers.push(tokio::task::spawn_blocking(move || {
-            let r = consume(ConsumeArgs {
-                kafka: &cfg_k,
-                bootstrap: &b,
-                topic: &topic,
-                group: &group,
-                retry,
-                lanes: senders,
-                stop: &stop,
-                failed: &failed,
-                health,
-                max_in_flight,
-            });
+            let progress = Arc::new(Progress::default());
+            let r =
+                StageConsumer::new(&kafka, &b, spec, observer, progress.clone()).and_then(|c| {
+                    let intake = SendIntake { progress, retry };
+                    c.run(intake, senders, &stage)
+                });
             if r.is_err() {
-                failed.store(true, Ordering::Relaxed);
+                stage.cancel();
             }
             r
         }));
@@ -591,8 +560,7 @@ pub async fn run_send_stage(
     }
     // Consumers have committed what finished; give lanes a moment, then stop them (their
     // unfinished records were not committed and will be read again).
-    let all_lanes = futures_join(lanes);
-    if tokio::time::timeout(Duration::from_secs(5), all_lanes)
+    if tokio::time::timeout(Duration::from_secs(5), futures_join(lanes))
         .await
         .is_err()
     {
@@ -605,17 +573,27 @@ pub async fn run_send_stage(
     result
 }
 
-struct ConsumeArgs<'a> {
-    kafka: &'a crate::config::KafkaConfig,
-    bootstrap: &'a str,
-    topic: &'a str,
-    group: &'a str,
-    retry: bool,
-    lanes: Vec<mpsc::Sender<Item>>,
-    stop: &'a AtomicBool,
-    failed: &'a AtomicBool,
-    health: Arc<Health>,
-    max_in_flight: usize,
+/// Records a lane can hold before its consumer stashes and pauses the partition feeding it.
+const LANE_DEPTH: usize = 64;
+
+/// `concurrency` lanes, each a task sending its records one after another.
+fn start_lanes(
+    lane: &Arc<Lane>,
+    concurrency: usize,
+) -> (Vec<mpsc::Sender<Item>>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut senders = Vec::with_capacity(concurrency);
+    let mut lanes = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (tx, mut rx) = mpsc::channel::<Item>(LANE_DEPTH);
+        senders.push(tx);
+        let lane = lane.clone();
+        lanes.push(tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                lane.deliver(item).await;
+            }
+        }));
+    }
+    (senders, lanes)
 }
 
 /// librdkafka's prefetch bound per consumer. Its default (64 MB per consumer, two consumers per
@@ -624,156 +602,34 @@ struct ConsumeArgs<'a> {
 const PREFETCH_KEY: &str = "queued.max.messages.kbytes";
 const PREFETCH_KB: &str = "16384";
 
-/// A consumer thread: poll, route to lanes by key, commit what is finished; for the retry topic,
-/// pause partitions whose head record is not yet due.
-fn consume(a: ConsumeArgs<'_>) -> Result<()> {
-    let progress = Arc::new(Progress::default());
-    let mut cc = crate::kafka::consumer_config(a.kafka, a.bootstrap);
-    if !a.kafka.properties.contains_key(PREFETCH_KEY) {
-        cc.set(PREFETCH_KEY, PREFETCH_KB);
-    }
-    let consumer: BaseConsumer<TrackingContext> = cc
-        .set("group.id", a.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(TrackingContext {
-            progress: progress.clone(),
-            health: a.health,
-            group: a.group.to_string(),
-            drain_timeout: Duration::from_secs(20),
-            transactional: None,
-            closing: AtomicBool::new(false),
-        })
-        .context("creating send consumer")?;
-    consumer
-        .subscribe(&[a.topic])
-        .with_context(|| format!("subscribing to {}", a.topic))?;
-    let hasher = ahash::RandomState::with_seeds(5, 6, 7, 8);
-    let ctx = consumer.context();
-    let mut last_commit = Instant::now();
-    let mut paused_all = false;
-    // Retry topic: partitions waiting for their head record, and when it is due.
-    let mut waiting: HashMap<i32, i64> = HashMap::new();
-    let mut result = Ok(());
-    while !a.stop.load(Ordering::Relaxed) && !a.failed.load(Ordering::Relaxed) {
-        if progress.with(|t| t.has_failed()) {
-            result = Err(anyhow!(
-                "a record could not be handed on; stopping so a restart retries it"
-            ));
-            break;
-        }
-        if last_commit.elapsed() >= Duration::from_millis(500) {
-            last_commit = Instant::now();
-            if let Err(e) = ctx.commit(&consumer, None, CommitMode::Async) {
-                tracing::warn!(error = %e, "periodic commit failed; will retry");
-            }
-        }
-        let pending = progress.with(|t| t.pending());
-        if pending >= a.max_in_flight {
-            if let Ok(asg) = consumer.assignment() {
-                let _ = consumer.pause(&asg);
-                paused_all = true;
-            }
-        } else if paused_all && pending <= a.max_in_flight / 2 {
-            if let Ok(asg) = consumer.assignment() {
-                let keep: TopicPartitionList = partitions(
-                    a.topic,
-                    asg.elements()
-                        .iter()
-                        .map(|e| e.partition())
-                        .filter(|p| !waiting.contains_key(p)),
-                );
-                let _ = consumer.resume(&keep);
-            }
-            paused_all = false;
-        }
-        if !waiting.is_empty() {
-            let now = now_millis();
-            let due: Vec<i32> = waiting
-                .iter()
-                .filter(|(_, d)| **d <= now)
-                .map(|(p, _)| *p)
-                .collect();
-            if !due.is_empty() {
-                for p in &due {
-                    waiting.remove(p);
-                }
-                let _ = consumer.resume(&partitions(a.topic, due.into_iter()));
-            }
-        }
-        let msg = match consumer.poll(Duration::from_millis(50)) {
-            None => continue,
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, topic = a.topic, "consumer error");
-                continue;
-            }
-        };
-        if a.retry {
-            let due = msg
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .filter(|hd| hd.key == headers::DUE)
-                        .last()
-                        .and_then(|hd| hd.value)
-                })
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
-            if due > now_millis() {
-                let tpl = partitions(a.topic, std::iter::once(msg.partition()));
-                let _ = consumer.pause(&tpl);
-                let _ = consumer.seek(
-                    a.topic,
-                    msg.partition(),
-                    Offset::Offset(msg.offset()),
-                    Duration::from_secs(5),
-                );
-                waiting.insert(msg.partition(), due);
-                continue;
-            }
-        }
-        let Some(item) = item_for(&msg, &progress, a.retry) else {
-            continue;
-        };
-        let idx = match &item.key {
-            Some(k) => (hasher.hash_one(k) % a.lanes.len() as u64) as usize,
-            None => (item.slot.partition.unsigned_abs() as usize) % a.lanes.len(),
-        };
-        if a.lanes[idx].blocking_send(item).is_err() {
-            result = Err(anyhow!("lane {idx} stopped"));
-            break;
-        }
-    }
-    if let Err(e) = ctx.finish_and_commit(&consumer, None) {
-        tracing::warn!(error = %e, "final commit failed");
-    }
-    ctx.closing.store(true, Ordering::Relaxed);
-    consumer.unsubscribe();
-    result
+/// The send stage's side of the stage consumer: records become [`Item`]s; on the retry topic,
+/// a record waits until its due time.
+struct SendIntake {
+    progress: Arc<Progress>,
+    retry: bool,
 }
 
-fn partitions(topic: &str, ps: impl Iterator<Item = i32>) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for p in ps {
-        tpl.add_partition(topic, p);
-    }
-    tpl
-}
+impl Intake for SendIntake {
+    type Job = Item;
 
-fn item_for(msg: &BorrowedMessage<'_>, progress: &Arc<Progress>, retried: bool) -> Option<Item> {
-    let slot = progress.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
-    Some(Item {
-        slot,
-        progress: progress.clone(),
-        retried,
-        key: msg.key().map(<[u8]>::to_vec),
-        payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers: msg.headers().map(|h| h.detach()),
-    })
+    fn job(&mut self, msg: &BorrowedMessage<'_>, slot: Slot) -> Item {
+        Item {
+            slot,
+            progress: self.progress.clone(),
+            retried: self.retry,
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: msg.headers().map(|h| h.detach()),
+        }
+    }
+
+    fn due_ms(&self, msg: &BorrowedMessage<'_>) -> Option<i64> {
+        if !self.retry {
+            return None;
+        }
+        let now = now_millis();
+        headers::time_ms(msg.headers(), headers::RETRY_DUE, now).filter(|due| *due > now)
+    }
 }
 
 #[cfg(test)]

@@ -5,25 +5,26 @@ mod common;
 
 use common::*;
 use eventrelay::ops::Health;
-use eventrelay::pipeline::stage::{run_map_stage, MapStats};
+use eventrelay::{run_map_stage, MapStats};
 use rdkafka::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 struct Stage {
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     stats: Arc<MapStats>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
 fn start(cfg: &eventrelay::config::Config, bootstrap: &str) -> Stage {
     eventrelay::ops::init_logging("human", "warn");
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let stats = Arc::new(MapStats::default());
     let (cfg, b, s, st) = (
         cfg.clone(),
@@ -42,7 +43,7 @@ fn start(cfg: &eventrelay::config::Config, bootstrap: &str) -> Stage {
 
 impl Stage {
     fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         self.handle.join().expect("join").expect("stage result");
     }
 }

@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use eventrelay::cli::Role;
+use eventrelay::app::Role;
+use eventrelay::app::Running;
 use eventrelay::ops::redrive::{self, RedriveArgs};
 use eventrelay::ops::replay::{self, ReplayArgs, Target};
-use eventrelay::service::Running;
-use eventrelay::stub::{Fault, Stub};
+use eventrelay::testkit::stub::{Fault, Stub};
 use std::time::{Duration, Instant};
 
 /// Replay, retrying while the broker still counts the just-stopped members (session timeout).

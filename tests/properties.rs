@@ -2,9 +2,9 @@
 //! every request URL parses, and an OwnerIQ `t` list decodes back to what went in.
 
 use eventrelay::config::Config;
-use eventrelay::destinations::owneriq::decode_t;
 use eventrelay::destinations::{Destination, Routed};
-use eventrelay::pipeline::map_input;
+use eventrelay::map_input;
+use eventrelay::testkit::decode_t;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;

@@ -5,11 +5,12 @@
 mod common;
 
 use common::*;
-use eventrelay::cli::Role;
-use eventrelay::tester::map_ndjson;
+use eventrelay::app::Role;
+use eventrelay::app::Running;
+use eventrelay::SendCount;
 use eventrelay::config::Config;
-use eventrelay::service::Running;
-use eventrelay::stub::{Fault, Recorded, Stub};
+use eventrelay::tester::map_ndjson;
+use eventrelay::testkit::stub::{Fault, Recorded, Stub};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ fn expected_requests(cfg: &Config, lines: &[Vec<u8>]) -> Vec<(String, String, St
 }
 
 fn example_lines() -> Vec<Vec<u8>> {
-    eventrelay::demo::sample_events(5)
+    eventrelay::testkit::sample_events(5)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -147,8 +148,8 @@ async fn a_500_window_is_retried_until_everything_is_delivered() {
         },
     )
     .await;
-    let retried =
-        running.send_stats.get("seg", "retried") + running.send_stats.get("owneriq", "retried");
+    let retried = running.send_stats.get("seg", SendCount::Retried)
+        + running.send_stats.get("owneriq", SendCount::Retried);
     let failed = stub.requests().iter().filter(|r| r.status == 500).count();
     running.shutdown(Duration::from_secs(30)).await.unwrap();
     eprintln!(
@@ -278,8 +279,8 @@ async fn timeouts_are_retried() {
         ids.len() >= 40
     })
     .await;
-    let retried =
-        running.send_stats.get("seg", "retried") + running.send_stats.get("owneriq", "retried");
+    let retried = running.send_stats.get("seg", SendCount::Retried)
+        + running.send_stats.get("owneriq", SendCount::Retried);
     running.shutdown(Duration::from_secs(30)).await.unwrap();
     assert!(retried > 0, "timed-out attempts were retried");
 }
@@ -331,7 +332,7 @@ async fn owneriq_down_for_a_minute_does_not_slow_seg() {
     )
     .await;
     let oiq_done = started.elapsed();
-    let via_retry_topic = running.send_stats.get("owneriq", "retry_topic");
+    let via_retry_topic = running.send_stats.get("owneriq", SendCount::RetryTopic);
     running.shutdown(Duration::from_secs(30)).await.unwrap();
     eprintln!("OwnerIQ down 60 s: Seg's {want_seg} deliveries done after {seg_done:?}; OwnerIQ's {want_oiq} after {oiq_done:?} ({via_retry_topic} went through the retry topic)");
     assert!(via_retry_topic > 0);

@@ -4,7 +4,7 @@
 
 use eventrelay::config::Config;
 use eventrelay::destinations::{Destination, Routed};
-use eventrelay::pipeline::map_input;
+use eventrelay::map_input;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 

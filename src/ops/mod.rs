@@ -4,13 +4,13 @@
 pub mod redrive;
 pub mod replay;
 
+use crate::kafka::GroupObserver;
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rdkafka::statistics::Statistics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -132,6 +132,18 @@ impl Health {
     }
 }
 
+impl GroupObserver for Health {
+    fn assigned(&self, partitions: usize) {
+        self.partitions_assigned(partitions);
+    }
+    fn revoked(&self, partitions: usize) {
+        self.partitions_revoked(partitions);
+    }
+    fn broker_up(&self, up: bool) {
+        self.broker_up.store(up, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 struct OpsState {
     handle: PrometheusHandle,
@@ -169,20 +181,6 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
     });
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     Ok(addr)
-}
-
-/// Record consumer lag per partition from a librdkafka statistics report.
-pub fn record_lag(group: &str, stats: &Statistics) {
-    for (topic, t) in &stats.topics {
-        for (p, part) in &t.partitions {
-            if *p < 0 || part.consumer_lag < 0 {
-                continue;
-            }
-            metrics::gauge!("eventrelay_consumer_lag",
-                "group" => group.to_string(), "topic" => topic.clone(), "partition" => p.to_string())
-            .set(part.consumer_lag as f64);
-        }
-    }
 }
 
 /// Set up logging: human-readable by default, JSON lines with `--log-format json`.

@@ -1,10 +1,10 @@
 //! The map stage on Kafka: consumer group → worker pool → `dest.<destination>` topics.
 //!
 //! Threads, and why:
-//! - the **consumer thread** (the caller's) polls the input topic, registers each record with the
-//!   [`OffsetTracker`] and routes it to a worker by the hash of its key, so one user's events are
-//!   mapped and produced in input order. It commits what the tracker says is finished and pauses
-//!   the input when `map.max_in_flight` records are unfinished, so memory stays flat;
+//! - the **consumer thread** (the caller's) runs the [`StageConsumer`]: it polls the input
+//!   topic, registers each record with the offset tracker and hands it to a worker by the hash
+//!   of its key, so one user's events are mapped and produced in input order; it commits what
+//!   is finished and pauses what is backed up, so memory stays flat;
 //! - **workers** parse, map and hand records to the producer (CPU work, one thread per core);
 //! - the **producer's thread** runs delivery callbacks, which finish work in the tracker.
 //!
@@ -16,24 +16,39 @@
 use crate::config::Config;
 use crate::destinations::{Destination, Routed};
 use crate::event::now_millis;
-use crate::kafka::{client_config, Progress, Slot, TrackingContext, Transactional};
-use crate::ops::Health;
+use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin};
+use crate::kafka::{
+    producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
+    Transactional,
+};
 use crate::pipeline::map_input;
 use crate::record::Source;
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What became of one event at one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DestOutcome {
+    /// A record was produced to the destination topic.
+    Produced,
+    /// Normal traffic the destination does not take, with the reason.
+    Skipped(&'static str),
+    /// A data problem (sent to the input DLQ), with the reason.
+    Rejected(&'static str),
+}
 
 /// Counts the demo and tests read; Prometheus metrics are recorded alongside.
 #[derive(Debug, Default)]
@@ -47,14 +62,36 @@ pub struct MapStats {
     pub processed: AtomicU64,
     /// Output records (destination records and dead letters) acknowledged by the broker.
     pub acked: AtomicU64,
-    /// Per (destination, outcome): `produced`, `skipped:<reason>`, `rejected:<reason>`.
-    pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    outcomes: Mutex<BTreeMap<(&'static str, DestOutcome), u64>>,
 }
 
 impl MapStats {
-    /// A snapshot of the per-destination outcome counts.
-    pub fn outcomes(&self) -> BTreeMap<(String, String), u64> {
+    /// A snapshot of the counts per (destination, outcome).
+    pub fn outcomes(&self) -> BTreeMap<(&'static str, DestOutcome), u64> {
         self.outcomes.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Records produced for `dest`.
+    pub fn produced(&self, dest: &str) -> u64 {
+        self.sum(dest, |o| matches!(o, DestOutcome::Produced))
+    }
+
+    /// Events `dest` skipped, any reason.
+    pub fn skipped(&self, dest: &str) -> u64 {
+        self.sum(dest, |o| matches!(o, DestOutcome::Skipped(_)))
+    }
+
+    /// Events `dest` rejected, any reason.
+    pub fn rejected(&self, dest: &str) -> u64 {
+        self.sum(dest, |o| matches!(o, DestOutcome::Rejected(_)))
+    }
+
+    fn sum(&self, dest: &str, f: impl Fn(&DestOutcome) -> bool) -> u64 {
+        self.outcomes()
+            .iter()
+            .filter(|((d, o), _)| *d == dest && f(o))
+            .map(|(_, n)| *n)
+            .sum()
     }
 }
 
@@ -129,6 +166,28 @@ struct Job {
     timestamp_ms: i64,
 }
 
+/// The map stage's side of the stage consumer: copy each input record into a [`Job`].
+struct MapIntake {
+    stats: Arc<MapStats>,
+    consumed: metrics::Counter,
+}
+
+impl Intake for MapIntake {
+    type Job = Job;
+
+    fn job(&mut self, msg: &BorrowedMessage<'_>, slot: Slot) -> Job {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        self.consumed.increment(1);
+        Job {
+            slot,
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg.headers().map(|h| h.detach()),
+            timestamp_ms: msg.timestamp().to_millis().unwrap_or_else(now_millis),
+        }
+    }
+}
+
 /// Topic names and stage settings the workers need.
 struct Route {
     dests: Vec<Arc<dyn Destination>>,
@@ -136,37 +195,91 @@ struct Route {
     dlq: String,
 }
 
-/// Run the map stage until `stop` is set; then drain, commit and return.
+/// Run the map stage until `shutdown`; then drain, commit and return.
 pub fn run_map_stage(
     cfg: &Config,
     bootstrap: &str,
-    stop: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     stats: Arc<MapStats>,
-    health: Arc<Health>,
+    observer: Arc<dyn GroupObserver>,
 ) -> Result<()> {
     let k = &cfg.kafka;
+    let route = Arc::new(route(cfg)?);
+    // The consumer owns the tracker; the producer's delivery reports finish work in it.
+    let progress = Arc::new(Progress::default());
+    let producer = start_producer(cfg, bootstrap, &stats, &progress)?;
+    let consumer = StageConsumer::new(
+        k,
+        bootstrap,
+        ConsumerSpec {
+            group: k.group_id.clone(),
+            member: "map".into(),
+            topic: k.input_topic.clone(),
+            max_in_flight: cfg.map.max_in_flight,
+            commit_every: Duration::from_millis(if k.exactly_once { 100 } else { 500 }),
+            defaults: Vec::new(),
+            transactional: k.exactly_once.then(|| {
+                Arc::new(Txn {
+                    producer: producer.clone(),
+                    progress: progress.clone(),
+                }) as Arc<dyn Transactional>
+            }),
+        },
+        observer,
+        progress.clone(),
+    )?;
+    tracing::info!(topic = %k.input_topic, group = %k.group_id, workers = cfg.map.worker_count(),
+        exactly_once = k.exactly_once, "map stage started");
+    let (lanes, workers) = start_workers(cfg, &route, &progress, &producer, &stats)?;
+    let intake = MapIntake {
+        stats: stats.clone(),
+        consumed: metrics::counter!("eventrelay_events_consumed_total", "topic" => k.input_topic.clone()),
+    };
+    // Returns after the lanes are closed, the work in progress finished (bounded) and committed.
+    let result = consumer.run(intake, lanes, &shutdown);
+    for w in workers {
+        let _ = w.join();
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    tracing::info!("map stage stopped");
+    result
+}
+
+fn route(cfg: &Config) -> Result<Route> {
     let dests: Vec<Arc<dyn Destination>> =
         cfg.destinations()?.into_iter().map(|d| d.dest).collect();
-    let route = Arc::new(Route {
+    Ok(Route {
         topics: dests
             .iter()
-            .map(|d| k.destination_topic(d.name()))
+            .map(|d| cfg.kafka.destination_topic(d.name()))
             .collect(),
         dests,
-        dlq: k.input_dlq_topic.clone(),
-    });
-    let progress = Arc::new(Progress::default());
+        dlq: cfg.kafka.input_dlq_topic.clone(),
+    })
+}
 
-    let mut pc = client_config(k, bootstrap);
-    pc.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000");
+/// The stage's producer: the shared preset with larger batches, transactional in exactly-once
+/// mode (one transactional id per process).
+fn start_producer(
+    cfg: &Config,
+    bootstrap: &str,
+    stats: &Arc<MapStats>,
+    progress: &Arc<Progress>,
+) -> Result<Arc<MapProducer>> {
+    let k = &cfg.kafka;
+    let mut pc = producer_config(k, bootstrap);
+    for (key, v) in [
+        ("batch.num.messages", "10000"),
+        ("queue.buffering.max.messages", "200000"),
+    ] {
+        if !k.properties.contains_key(key) {
+            pc.set(key, v);
+        }
+    }
     if k.exactly_once {
         pc.set(
             "transactional.id",
-            format!("{}-map-{}", k.group_id, transactional_suffix()),
+            format!("{}-map-{}", k.group_id, crate::kafka::process_id(k)),
         );
     }
     let producer: Arc<MapProducer> = Arc::new(
@@ -184,42 +297,22 @@ pub fn run_map_stage(
             .begin_transaction()
             .context("beginning transaction")?;
     }
+    Ok(producer)
+}
 
-    let mut cc = crate::kafka::consumer_config(k, bootstrap);
-    cc.set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
-    let transactional: Option<Arc<dyn Transactional>> = if k.exactly_once {
-        Some(Arc::new(Txn {
-            producer: producer.clone(),
-            progress: progress.clone(),
-        }))
-    } else {
-        None
-    };
-    let consumer: BaseConsumer<TrackingContext> = cc
-        .create_with_context(TrackingContext {
-            progress: progress.clone(),
-            health,
-            group: k.group_id.clone(),
-            drain_timeout: Duration::from_secs(20),
-            transactional,
-            closing: AtomicBool::new(false),
-        })
-        .context("creating consumer")?;
-    consumer
-        .subscribe(&[&k.input_topic])
-        .context("subscribing to the input topic")?;
-    tracing::info!(topic = %k.input_topic, group = %k.group_id, workers = cfg.map.worker_count(),
-        exactly_once = k.exactly_once, "map stage started");
+type Workers = (Vec<Sender<Job>>, Vec<std::thread::JoinHandle<()>>);
 
+/// One worker thread per core, each with a bounded queue (the stage consumer's lanes).
+fn start_workers(
+    cfg: &Config,
+    route: &Arc<Route>,
+    progress: &Arc<Progress>,
+    producer: &Arc<MapProducer>,
+    stats: &Arc<MapStats>,
+) -> Result<Workers> {
     let workers = cfg.map.worker_count();
     let per_worker = (cfg.map.max_in_flight / workers).max(64);
-    let mut senders: Vec<Sender<Job>> = Vec::with_capacity(workers);
+    let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for i in 0..workers {
         let (tx, rx) = bounded::<Job>(per_worker);
@@ -237,137 +330,13 @@ pub fn run_map_stage(
                 .context("spawning worker")?,
         );
     }
-
-    let result = consume_loop(cfg, &consumer, &senders, &progress, &stop, &stats);
-
-    // Drain: no more input; let workers finish, the producer deliver, then commit.
-    drop(senders);
-    for h in handles {
-        let _ = h.join();
-    }
-    let _ = producer.flush(Duration::from_secs(30));
-    let ctx = consumer.context();
-    let closing = ctx.finish_and_commit(&consumer, None);
-    if let Err(e) = &closing {
-        tracing::warn!(error = %e, "final commit failed");
-    }
-    ctx.closing.store(true, Ordering::Relaxed);
-    consumer.unsubscribe();
-    drop(consumer);
-    tracing::info!("map stage stopped");
-    result.and(closing)
+    Ok((senders, handles))
 }
 
-fn transactional_suffix() -> String {
-    // One transactional id per process: two instances of the group sharing one would fence
-    // each other in turn. `EVENTRELAY_INSTANCE` (a pod name, say) keeps it stable across
-    // restarts, so a restarted instance aborts its predecessor's open transaction at once
-    // instead of letting it time out; without it, a random id per process.
-    std::env::var("EVENTRELAY_INSTANCE")
-        .unwrap_or_else(|_| format!("{:016x}", rand::random::<u64>()))
-}
-
-fn consume_loop(
-    cfg: &Config,
-    consumer: &BaseConsumer<TrackingContext>,
-    senders: &[Sender<Job>],
-    progress: &Progress,
-    stop: &AtomicBool,
-    stats: &MapStats,
-) -> Result<()> {
-    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
-    let ctx = consumer.context();
-    let commit_every = Duration::from_millis(if cfg.kafka.exactly_once { 100 } else { 500 });
-    let mut last_commit = Instant::now();
-    let mut paused = false;
-    let consumed = metrics::counter!("eventrelay_events_consumed_total", "topic" => cfg.kafka.input_topic.clone());
-    let max_in_flight = cfg.map.max_in_flight;
-    while !stop.load(Ordering::Relaxed) {
-        if progress.with(|t| t.has_failed()) {
-            return Err(anyhow!(
-                "a produce failed for good; stopping so a restart re-reads from the last commit"
-            ));
-        }
-        if last_commit.elapsed() >= commit_every {
-            last_commit = Instant::now();
-            let r = if cfg.kafka.exactly_once {
-                ctx.finish_and_commit(consumer, None)
-            } else {
-                ctx.commit(consumer, None, CommitMode::Async)
-            };
-            if let Err(e) = r {
-                if cfg.kafka.exactly_once {
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, "periodic commit failed; will retry");
-            }
-        }
-        let pending = progress.with(|t| t.pending());
-        if pending >= max_in_flight {
-            if let Ok(a) = consumer.assignment() {
-                let _ = consumer.pause(&a);
-                paused = true;
-            }
-        } else if paused && pending <= max_in_flight / 2 {
-            if let Ok(a) = consumer.assignment() {
-                let _ = consumer.resume(&a);
-            }
-            paused = false;
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
-                tracing::warn!("input topic does not exist yet");
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                continue;
-            }
-        };
-        stats.consumed.fetch_add(1, Ordering::Relaxed);
-        consumed.increment(1);
-        let Some(job) = job_for(&msg, progress) else {
-            continue;
-        };
-        let idx = match &job.key {
-            Some(k) => (hasher.hash_one(k) % senders.len() as u64) as usize,
-            None => (job.slot.partition.unsigned_abs() as usize) % senders.len(),
-        };
-        // Blocks when the worker is full: backpressure up to the consumer.
-        if senders[idx].send(job).is_err() {
-            return Err(anyhow!("worker {idx} stopped"));
-        }
-    }
-    if paused {
-        if let Ok(a) = consumer.assignment() {
-            let _ = consumer.resume(&a);
-        }
-    }
-    Ok(())
-}
-
-fn job_for(msg: &BorrowedMessage<'_>, progress: &Progress) -> Option<Job> {
-    let slot = progress.with(|t| t.register(msg.topic(), msg.partition(), msg.offset(), 1))?;
-    Some(Job {
-        slot,
-        key: msg.key().map(<[u8]>::to_vec),
-        payload: msg.payload().map(<[u8]>::to_vec),
-        headers: msg.headers().map(|h| h.detach()),
-        timestamp_ms: msg.timestamp().to_millis().unwrap_or_else(now_millis),
-    })
-}
-
-/// What happened to one event at one destination (or to an invalid input), for counting.
+/// What happened to one event at one destination, or to an input that is not an event.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Outcome {
-    Produced(&'static str),
-    Skipped(&'static str, &'static str),
-    Rejected(&'static str, &'static str),
+    Dest(&'static str, DestOutcome),
     Invalid(&'static str),
 }
 
@@ -388,30 +357,22 @@ impl LocalStats {
         let processed = self.since_flush as u64;
         if let Ok(mut m) = stats.outcomes.lock() {
             for (o, n) in self.counts.drain() {
-                let key = match o {
-                    Outcome::Produced(d) => {
-                        metrics::counter!("eventrelay_records_produced_total", "destination" => d)
-                            .increment(n);
-                        (d.to_string(), "produced".to_string())
-                    }
-                    Outcome::Skipped(d, r) => {
-                        metrics::counter!("eventrelay_events_skipped_total", "destination" => d, "reason" => r)
-                            .increment(n);
-                        (d.to_string(), format!("skipped:{r}"))
-                    }
-                    Outcome::Rejected(d, r) => {
-                        metrics::counter!("eventrelay_events_rejected_total", "destination" => d, "reason" => r)
-                            .increment(n);
-                        (d.to_string(), format!("rejected:{r}"))
+                match o {
+                    Outcome::Dest(d, out) => {
+                        match out {
+                            DestOutcome::Produced => metrics::counter!("eventrelay_records_produced_total", "destination" => d),
+                            DestOutcome::Skipped(r) => metrics::counter!("eventrelay_events_skipped_total", "destination" => d, "reason" => r),
+                            DestOutcome::Rejected(r) => metrics::counter!("eventrelay_events_rejected_total", "destination" => d, "reason" => r),
+                        }
+                        .increment(n);
+                        *m.entry((d, out)).or_default() += n;
                     }
                     Outcome::Invalid(r) => {
                         metrics::counter!("eventrelay_events_invalid_total", "reason" => r)
                             .increment(n);
                         stats.invalid.fetch_add(n, Ordering::Relaxed);
-                        continue;
                     }
-                };
-                *m.entry(key).or_default() += n;
+                }
             }
         }
         // Counted after the outcomes, so `processed` never runs ahead of them.
@@ -444,45 +405,6 @@ fn worker(
         }
     }
     local.flush(stats);
-}
-
-/// Error headers added to dead letters, Kafka Connect style.
-fn error_headers(
-    base: Option<&OwnedHeaders>,
-    stage: &str,
-    reason: &str,
-    message: &str,
-    slot: &Slot,
-    destination: Option<&str>,
-) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new();
-    if let Some(base) = base {
-        for i in 0..base.count() {
-            let hd = base.get(i);
-            h = h.insert(Header {
-                key: hd.key,
-                value: hd.value,
-            });
-        }
-    }
-    let partition = slot.partition.to_string();
-    let offset = slot.offset.to_string();
-    let mut add = |k: &str, v: &str| {
-        h = std::mem::take(&mut h).insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    };
-    add("eventrelay.error.stage", stage);
-    add("eventrelay.error.reason", reason);
-    add("eventrelay.error.message", message);
-    add("eventrelay.error.topic", &slot.topic);
-    add("eventrelay.error.partition", &partition);
-    add("eventrelay.error.offset", &offset);
-    if let Some(d) = destination {
-        add("eventrelay.error.destination", d);
-    }
-    h
 }
 
 /// Hand one record to the producer, retrying while its queue is full. `false` when the
@@ -543,6 +465,11 @@ fn process(
     local: &mut LocalStats,
 ) {
     let slot = job.slot;
+    let origin = Origin {
+        topic: slot.topic.to_string(),
+        partition: slot.partition,
+        offset: slot.offset,
+    };
     let source = Source {
         topic: slot.topic.to_string(),
         partition: slot.partition,
@@ -560,13 +487,16 @@ fn process(
     match &mapped {
         Err(invalid) => {
             local.count(Outcome::Invalid(invalid.reason));
-            let h = error_headers(
+            let h = headers::dead_letter(
                 job.headers.as_ref(),
-                "parse",
-                invalid.reason,
-                &invalid.message,
-                &slot,
-                None,
+                &DeadLetter {
+                    stage: ErrorStage::Parse,
+                    reason: invalid.reason,
+                    message: &invalid.message,
+                    origin: &origin,
+                    destination: None,
+                    send: None,
+                },
             );
             outputs.push(Output {
                 topic: &route.dlq,
@@ -581,7 +511,7 @@ fn process(
                 match r {
                     Routed::Records(records) => {
                         for record in records {
-                            local.count(Outcome::Produced(name));
+                            local.count(Outcome::Dest(name, DestOutcome::Produced));
                             outputs.push(Output {
                                 topic: &route.topics[i],
                                 key: Some(event.user_key().as_bytes()),
@@ -591,18 +521,21 @@ fn process(
                         }
                     }
                     Routed::Skipped(reason) => {
-                        local.count(Outcome::Skipped(name, reason));
+                        local.count(Outcome::Dest(name, DestOutcome::Skipped(reason)));
                     }
                     Routed::Rejected(reason) => {
-                        local.count(Outcome::Rejected(name, reason));
+                        local.count(Outcome::Dest(name, DestOutcome::Rejected(reason)));
                         let msg = format!("{name} rejected the event: {reason}");
-                        let h = error_headers(
+                        let h = headers::dead_letter(
                             job.headers.as_ref(),
-                            "map",
-                            reason,
-                            &msg,
-                            &slot,
-                            Some(name),
+                            &DeadLetter {
+                                stage: ErrorStage::Map,
+                                reason,
+                                message: &msg,
+                                origin: &origin,
+                                destination: Some(name),
+                                send: None,
+                            },
                         );
                         outputs.push(Output {
                             topic: &route.dlq,
@@ -625,12 +558,7 @@ fn process(
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
                 if out.headers.is_some() =>
             {
-                let h = out.headers.clone().map(|h| {
-                    h.insert(Header {
-                        key: "eventrelay.error.value_dropped",
-                        value: Some("too large for the dead-letter topic"),
-                    })
-                });
+                let h = out.headers.clone().map(headers::value_dropped);
                 produce(producer, build(None, h))
             }
             other => other,

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use eventrelay::config::Config;
-use eventrelay::kafka::{produce_lines, Embedded};
 use eventrelay::record::Record;
+use eventrelay::{testkit::produce_lines, Embedded};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};

@@ -6,7 +6,7 @@
 //! (`POST /faults` with `{"status", "rate", "retry_after", "latency_ms", "for_secs",
 //! "down_secs", "path_prefix"}`, `DELETE /faults`).
 
-use crate::destinations::owneriq::decode_t;
+use super::decode_t;
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -186,15 +186,54 @@ impl Stub {
     }
 }
 
+impl Fault {
+    /// Refuse values that make no sense (a status outside 100..=599, a rate outside 0..=1, a
+    /// duration that is negative, not a number or longer than a day), naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.status {
+            if !(100..=599).contains(&s) {
+                return Err(format!("status: {s} is not an HTTP status"));
+            }
+        }
+        if let Some(r) = self.rate {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("rate: {r} is not between 0 and 1"));
+            }
+        }
+        for (name, v) in [("for_secs", self.for_secs), ("down_secs", self.down_secs)] {
+            if let Some(v) = v {
+                if !(0.0..=MAX_FAULT_SECS).contains(&v) {
+                    return Err(format!("{name}: {v} is not between 0 and {MAX_FAULT_SECS}"));
+                }
+            }
+        }
+        if self
+            .latency_ms
+            .is_some_and(|l| l > MAX_FAULT_SECS as u64 * 1000)
+        {
+            return Err("latency_ms: longer than a day".into());
+        }
+        if self.retry_after.is_some_and(|r| r > MAX_FAULT_SECS as u64) {
+            return Err("retry_after: longer than a day".into());
+        }
+        Ok(())
+    }
+}
+
+/// Longest fault duration the stub takes: a day.
+const MAX_FAULT_SECS: f64 = 86_400.0;
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.clamp(0.0, MAX_FAULT_SECS)).unwrap_or_default()
+}
+
 fn add_fault(state: &StubState, fault: Fault) {
-    if let Some(secs) = fault.down_secs {
+    if let Some(s) = fault.down_secs {
         if let Ok(mut d) = state.down_until.lock() {
-            *d = Some(Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+            *d = Some(Instant::now() + secs(s));
         }
     }
-    let until = fault
-        .for_secs
-        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let until = fault.for_secs.map(|s| Instant::now() + secs(s));
     if fault.status.is_some() || fault.latency_ms.is_some() {
         if let Ok(mut f) = state.faults.lock() {
             f.push(ActiveFault { fault, until });
@@ -281,9 +320,12 @@ async fn clear(State(s): State<Arc<StubState>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn set_fault(State(s): State<Arc<StubState>>, Json(f): Json<Fault>) -> StatusCode {
+async fn set_fault(State(s): State<Arc<StubState>>, Json(f): Json<Fault>) -> (StatusCode, String) {
+    if let Err(e) = f.validate() {
+        return (StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
     add_fault(&s, f);
-    StatusCode::NO_CONTENT
+    (StatusCode::NO_CONTENT, String::new())
 }
 
 async fn clear_fault(State(s): State<Arc<StubState>>) -> StatusCode {
@@ -436,12 +478,12 @@ async fn seg(
 
 /// `eventrelay stub`: serve until SIGINT/SIGTERM.
 pub fn run(listen: &str, record: Option<&std::path::Path>, fault: Fault) -> Result<()> {
-    crate::service::runtime()?.block_on(async {
+    crate::app::runtime()?.block_on(async {
         let stub = Stub::start(listen, record).await?;
         stub.inject(fault);
         tracing::info!(addr = %stub.addr, "stub destinations listening (OwnerIQ: GET /j/, Seg: POST /v1/{{website_id}}/events; GET /requests, POST/DELETE /faults)");
         println!("{}", stub.url());
-        crate::service::shutdown_signal().await;
+        crate::app::shutdown_signal().await;
         Ok(())
     })
 }
