@@ -167,6 +167,14 @@ pub struct DeliveryConfig {
     pub backoff_max: Duration,
     /// How long after the first attempt a record may still be retried (Segment: 4 hours).
     pub retry_window: Duration,
+    /// Circuit breaker: consecutive retryable failures that open it (0: never).
+    pub breaker_failures: u32,
+    /// Circuit breaker: how long it stays open before the first probe.
+    pub breaker_open: Duration,
+    /// Circuit breaker: longest open period (doubles after each failed probe).
+    pub breaker_open_max: Duration,
+    /// Circuit breaker: at most one probe request per this interval while half-open.
+    pub breaker_probe_interval: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -179,6 +187,10 @@ impl Default for DeliveryConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(300),
             retry_window: Duration::from_secs(4 * 3600),
+            breaker_failures: 20,
+            breaker_open: Duration::from_secs(5),
+            breaker_open_max: Duration::from_secs(60),
+            breaker_probe_interval: Duration::from_secs(1),
         }
     }
 }
@@ -192,6 +204,10 @@ const DELIVERY_KEYS: &[&str] = &[
     "backoff_min_ms",
     "backoff_max_ms",
     "retry_window_secs",
+    "breaker_failures",
+    "breaker_open_ms",
+    "breaker_open_max_ms",
+    "breaker_probe_interval_ms",
 ];
 
 fn positive(t: &toml::Table, key: &str) -> Result<Option<u64>, ConfigError> {
@@ -228,6 +244,24 @@ impl DeliveryConfig {
         }
         if let Some(v) = positive(t, "retry_window_secs")? {
             d.retry_window = Duration::from_secs(v);
+        }
+        if let Some(v) = positive(t, "breaker_failures")? {
+            d.breaker_failures = v.min(u32::MAX as u64) as u32;
+        }
+        if let Some(v) = positive(t, "breaker_open_ms")? {
+            d.breaker_open = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = positive(t, "breaker_open_max_ms")? {
+            d.breaker_open_max = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = positive(t, "breaker_probe_interval_ms")? {
+            d.breaker_probe_interval = Duration::from_millis(v.max(1));
+        }
+        if d.breaker_open_max < d.breaker_open {
+            return Err(ConfigError::new(
+                "breaker_open_max_ms",
+                "must not be smaller than breaker_open_ms",
+            ));
         }
         if d.backoff_max < d.backoff_min {
             return Err(ConfigError::new(

@@ -252,6 +252,13 @@ impl Progress {
         self.changed.notify_all();
     }
 
+    /// Give a record up without finishing it (a lane stopping at shutdown): it is no longer
+    /// waited for, and commits stay before it, so it is read again.
+    pub fn abandon(&self, slot: &Slot) {
+        self.with(|t| t.set_stashed(slot, true));
+        self.changed.notify_all();
+    }
+
     /// Mark a record's work failed for good and wake waiters.
     pub fn fail(&self, slot: &Slot) {
         self.with(|t| t.fail(slot));

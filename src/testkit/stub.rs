@@ -58,6 +58,9 @@ pub struct Fault {
     pub path_prefix: Option<String>,
     /// Only the next this-many matching requests (then the fault is spent).
     pub count: Option<u32>,
+    /// Only requests whose URL (path and query) or body contains this text (one user's
+    /// requests: `"userId":"user-7"` in a Seg body, `user-7` in an OwnerIQ `t` list).
+    pub contains: Option<String>,
 }
 
 struct ActiveFault {
@@ -178,7 +181,14 @@ impl Stub {
         add_fault(&self.state, fault);
     }
 
-    /// Remove every fault.
+    /// Forget the requests recorded so far (a test's next phase counts from zero).
+    pub fn clear_requests(&self) {
+        if let Ok(mut r) = self.state.recorded.lock() {
+            *r = Log::default();
+        }
+    }
+
+    /// Stop every fault.
     pub fn clear_faults(&self) {
         if let Ok(mut f) = self.state.faults.lock() {
             f.clear();
@@ -336,7 +346,8 @@ async fn clear_fault(State(s): State<Arc<StubState>>) -> StatusCode {
 }
 
 /// The fault that applies to this request, if any (and the latency to add).
-fn fault_for(s: &StubState, path: &str) -> (Option<(u16, Option<u64>)>, u64) {
+fn fault_for(s: &StubState, uri: &Uri, body: &[u8]) -> (Option<(u16, Option<u64>)>, u64) {
+    let path = uri.path();
     let Ok(mut faults) = s.faults.lock() else {
         return (None, 0);
     };
@@ -348,6 +359,16 @@ fn fault_for(s: &StubState, path: &str) -> (Option<(u16, Option<u64>)>, u64) {
         let prefix = f.fault.path_prefix.as_deref();
         if prefix.is_some_and(|p| !path.starts_with(p)) {
             continue;
+        }
+        if let Some(text) = f.fault.contains.as_deref() {
+            let in_url = uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str().contains(text));
+            let in_body =
+                !text.is_empty() && body.windows(text.len()).any(|w| w == text.as_bytes());
+            if !in_url && !in_body {
+                continue;
+            }
         }
         latency = latency.max(f.fault.latency_ms.unwrap_or(0));
         if let Some(status) = f.fault.status {
@@ -370,7 +391,7 @@ async fn answer(
     body: Bytes,
     shape_error: Option<String>,
 ) -> Response {
-    let (fault, latency) = fault_for(s, uri.path());
+    let (fault, latency) = fault_for(s, &uri, &body);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

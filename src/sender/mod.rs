@@ -23,18 +23,21 @@ use crate::kafka::{
 };
 use crate::record::Record;
 use anyhow::{anyhow, Context, Result};
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use breaker::{Admit, Breaker, BreakerConfig, Verdict};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub mod breaker;
 
 /// Attempts a retry header may claim; more is a forged or corrupt header.
 const MAX_ATTEMPTS: u32 = 1_000_000;
@@ -145,6 +148,8 @@ struct Lane {
     dlq_topic: String,
     counts: Arc<DestCounts>,
     metrics: LaneMetrics,
+    breaker: Arc<Breaker>,
+    shutdown: CancellationToken,
 }
 
 /// Why one HTTP attempt did not succeed.
@@ -166,6 +171,7 @@ impl Lane {
         bootstrap: &str,
         d: &EnabledDestination,
         stats: &SendStats,
+        shutdown: CancellationToken,
     ) -> Result<Lane> {
         let k = &cfg.kafka;
         let name = d.dest.name();
@@ -182,6 +188,12 @@ impl Lane {
         let producer: FutureProducer = producer_config(k, bootstrap)
             .create()
             .context("creating producer")?;
+        let breaker = BreakerConfig {
+            failures: delivery.breaker_failures,
+            open_for: delivery.breaker_open,
+            open_max: delivery.breaker_open_max,
+            probe_interval: delivery.breaker_probe_interval,
+        };
         Ok(Lane {
             dest: d.dest.clone(),
             delivery,
@@ -192,6 +204,8 @@ impl Lane {
             dlq_topic: k.dlq_topic(name),
             counts: stats.for_dest(name),
             metrics: LaneMetrics::new(name),
+            breaker: Arc::new(Breaker::new(name, breaker)),
+            shutdown,
         })
     }
 
@@ -302,31 +316,54 @@ impl Lane {
         // A first attempt "in the future" (a clock or a forged header) counts from now.
         let first_ms =
             headers::time_ms(retry_headers, headers::RETRY_FIRST, now).map_or(now, |f| f.min(now));
-        let attempts = AtomicU32::new(0);
         let d = &self.delivery;
-        let backoff = ExponentialBuilder::new()
+        let mut in_place = ExponentialBuilder::new()
             .with_min_delay(d.backoff_min)
             .with_max_delay(d.backoff_min.saturating_mul(8).min(d.backoff_max))
             .with_max_times(d.in_place_retries)
-            .with_jitter();
-        let result = (|| async {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(&req, body.as_ref()).await
-        })
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(|e: &AttemptError| {
-            e.class == AnswerClass::Retryable
-                && e.retry_after.is_none_or(|ra| ra <= MAX_IN_PLACE_WAIT)
-        })
-        .adjust(|e: &AttemptError, dur| dur.map(|d| e.retry_after.map_or(d, |ra| ra.max(d))))
-        .notify(|_, _| {
-            self.counts.retried.fetch_add(1, Ordering::Relaxed);
-        })
-        .await;
-        let attempts = prior.saturating_add(attempts.load(Ordering::Relaxed));
+            .with_jitter()
+            .build();
+        let mut attempts = prior;
+        let result = loop {
+            // While the destination's circuit is open, wait here: the record neither burns an
+            // attempt nor moves to the retry topic because the destination is down.
+            let admit = self.breaker.admit(&self.shutdown).await;
+            if admit == Admit::Shutdown {
+                // Not finished and not started over: commits stop before it, the next owner
+                // (or this process after its restart) sends it.
+                item.progress.abandon(&item.slot);
+                return;
+            }
+            attempts = attempts.saturating_add(1);
+            let r = self.attempt(&req, body.as_ref()).await;
+            let verdict = match &r {
+                Err(e) if e.class == AnswerClass::Retryable => Verdict::Down,
+                _ => Verdict::Up,
+            };
+            self.breaker.record(admit, verdict);
+            let e = match r {
+                Ok(_) => break Ok(()),
+                Err(e) if e.class == AnswerClass::Permanent => break Err(e),
+                Err(e) => e,
+            };
+            let window_left = first_ms + d.retry_window.as_millis() as i64 - now_millis();
+            if window_left <= 0 || e.retry_after.is_some_and(|ra| ra > MAX_IN_PLACE_WAIT) {
+                break Err(e);
+            }
+            if self.breaker.is_holding() {
+                // The destination is down, not this record: wait for the breaker, try again.
+                continue;
+            }
+            match in_place.next() {
+                Some(delay) => {
+                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(e.retry_after.map_or(delay, |ra| ra.max(delay))).await;
+                }
+                None => break Err(e),
+            }
+        };
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.success.increment(1);
                 if record.received_at_ms > 0 {
@@ -369,7 +406,12 @@ impl Lane {
             .nth(attempts.min(64) as usize)
             .unwrap_or(d.backoff_max);
         let delay = e.retry_after.map_or(delay, |ra| ra.max(delay));
-        let due = now_millis().saturating_add(delay.as_millis() as i64);
+        // Never later than the end of the retry window: a long Retry-After must not hold the
+        // record (and the retry partition behind it) past the point where it is given up.
+        let window_end = first_ms.saturating_add(d.retry_window.as_millis() as i64);
+        let due = now_millis()
+            .saturating_add(delay.as_millis() as i64)
+            .min(window_end);
         let origin = origin_of(&item);
         let h = headers::retry(&RetryState {
             due_ms: due,
@@ -493,11 +535,11 @@ pub async fn run_send_stage(
     let k = &cfg.kafka;
     let name = d.dest.name();
     let delivery = d.delivery.clone();
-    let lane = Arc::new(Lane::new(cfg, bootstrap, &d, &stats)?);
-    let (senders, lanes) = start_lanes(&lane, delivery.concurrency);
     // Either consumer failing stops both (and the stage), so the process restarts instead of
     // half the destination going unconsumed.
     let stage = shutdown.child_token();
+    let lane = Arc::new(Lane::new(cfg, bootstrap, &d, &stats, stage.clone())?);
+    let (senders, lanes) = start_lanes(&lane, delivery.concurrency);
     let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
     let mut consumers = Vec::new();
@@ -524,18 +566,23 @@ pub async fn run_send_stage(
             defaults: vec![(PREFETCH_KEY, PREFETCH_KB.to_string())],
             transactional: None,
         };
-        let (kafka, b, stage, observer, senders) = (
+        let (kafka, b, stage, observer, senders, breaker) = (
             k.clone(),
             bootstrap.to_string(),
             stage.clone(),
             observer.clone(),
             senders.clone(),
+            lane.breaker.clone(),
         );
         consumers.push(tokio::task::spawn_blocking(move || {
             let progress = Arc::new(Progress::default());
             let r =
                 StageConsumer::new(&kafka, &b, spec, observer, progress.clone()).and_then(|c| {
-                    let intake = SendIntake { progress, retry };
+                    let intake = SendIntake {
+                        progress,
+                        retry,
+                        breaker,
+                    };
                     c.run(intake, senders, &stage)
                 });
             if r.is_err() {
@@ -607,6 +654,7 @@ const PREFETCH_KB: &str = "16384";
 struct SendIntake {
     progress: Arc<Progress>,
     retry: bool,
+    breaker: Arc<Breaker>,
 }
 
 impl Intake for SendIntake {
@@ -629,6 +677,12 @@ impl Intake for SendIntake {
         }
         let now = now_millis();
         headers::time_ms(msg.headers(), headers::RETRY_DUE, now).filter(|due| *due > now)
+    }
+
+    /// While the destination's circuit is not closed, read nothing more: lag grows on the
+    /// broker, not records in memory.
+    fn hold_all(&self) -> bool {
+        self.breaker.is_holding()
     }
 }
 
