@@ -90,6 +90,9 @@ pub enum Command {
         /// Go ahead when the broker cannot describe the group (liveness then unchecked).
         #[arg(long)]
         force: bool,
+        /// Print the plan as a table (text) or as one JSON document (json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: crate::ops::Output,
     },
     /// Copy dead letters back to the topic they came from (dry run unless --execute).
     Redrive {
@@ -114,6 +117,9 @@ pub enum Command {
         /// Copy them (otherwise report only).
         #[arg(long)]
         execute: bool,
+        /// Print the result as a table (text) or as one JSON document (json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: crate::ops::Output,
     },
     /// The whole system on one machine: embedded Kafka, stand-in destinations, sample events.
     Demo {
@@ -154,6 +160,7 @@ pub fn main() -> i32 {
             shift_by,
             execute,
             force,
+            output,
         } => (|| {
             use crate::ops::replay::{parse_datetime, ReplayArgs, Target};
             let target = match (to_earliest, to_latest, to_offset, to_datetime, shift_by) {
@@ -165,7 +172,7 @@ pub fn main() -> i32 {
                 _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N, --to-datetime T or --shift-by N"),
             };
             let cfg = Config::load(Some(&config))?;
-            crate::ops::replay::run(
+            let report = crate::ops::replay::run(
                 &cfg,
                 &ReplayArgs {
                     group: &group,
@@ -175,8 +182,8 @@ pub fn main() -> i32 {
                     execute,
                     force,
                 },
-            )
-            .map(|_| ())
+            )?;
+            crate::ops::print_report(output, &report, crate::ops::replay::ReplayReport::to_text)
         })(),
         Command::Redrive {
             config,
@@ -186,13 +193,14 @@ pub fn main() -> i32 {
             limit,
             from_beginning,
             execute,
+            output,
         } => (|| {
             let cfg = Config::load(Some(&config))?;
             let since_ms = since
                 .as_deref()
                 .map(crate::ops::replay::parse_datetime)
                 .transpose()?;
-            crate::ops::redrive::run(
+            let report = crate::ops::redrive::run(
                 &cfg,
                 &crate::ops::redrive::RedriveArgs {
                     from: &from,
@@ -202,8 +210,8 @@ pub fn main() -> i32 {
                     from_beginning,
                     execute,
                 },
-            )
-            .map(|_| ())
+            )?;
+            crate::ops::print_report(output, &report, crate::ops::redrive::RedriveReport::to_text)
         })(),
         Command::Stub {
             listen,

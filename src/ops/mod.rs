@@ -15,6 +15,29 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// How `replay` and `redrive` print their plan or result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+/// Print a report as `output` asks: its table (`text`) or the report as one JSON document.
+pub fn print_report<T: serde::Serialize>(
+    output: Output,
+    report: &T,
+    text: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match output {
+        Output::Text => print!("{}", text(report)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(report)?),
+    }
+    Ok(())
+}
+
 /// Latency histogram buckets in seconds: 1 ms to 4 hours (the retry window).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

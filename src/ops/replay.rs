@@ -7,7 +7,11 @@ use crate::kafka::client_config;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
 use std::time::Duration;
+
+/// How long to wait for broker answers (metadata, offsets, group list).
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where to move each partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +29,17 @@ pub enum Target {
 }
 
 /// One partition's plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanRow {
     /// Partition.
     pub partition: i32,
-    /// Committed offset now, if any.
+    /// Committed offset now, if any (`null` in JSON when none).
     pub current: Option<i64>,
     /// Log start.
+    #[serde(rename = "log_start")]
     pub low: i64,
     /// Log end.
+    #[serde(rename = "log_end")]
     pub high: i64,
     /// Offset the group will resume from.
     pub target: i64,
@@ -88,8 +94,52 @@ pub struct ReplayArgs<'a> {
     pub force: bool,
 }
 
-/// Build the plan, print it, and commit it with `--execute`.
-pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
+/// What `replay` planned (and, with `--execute`, committed); printed as a table or as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Consumer group moved.
+    pub group: String,
+    /// Topic whose offsets move.
+    pub topic: String,
+    /// Whether the plan was committed (false: dry run).
+    pub execute: bool,
+    /// One row per partition.
+    pub partitions: Vec<PlanRow>,
+}
+
+impl ReplayReport {
+    /// The human table, then a summary line.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{:<28} {:>9} {:>12} {:>12} {:>12} {:>12}\n",
+            "TOPIC", "PARTITION", "CURRENT", "TARGET", "LOG-START", "LOG-END"
+        );
+        for r in &self.partitions {
+            let cur = r.current.map_or("-".to_string(), |c| c.to_string());
+            out.push_str(&format!(
+                "{:<28} {:>9} {:>12} {:>12} {:>12} {:>12}\n",
+                self.topic, r.partition, cur, r.target, r.low, r.high
+            ));
+        }
+        if self.execute {
+            out.push_str(&format!(
+                "group {:?} moved on {} partition(s) of {}\n",
+                self.group,
+                self.partitions.len(),
+                self.topic
+            ));
+        } else {
+            out.push_str(&format!(
+                "dry run: nothing changed (add --execute to move group {:?})\n",
+                self.group
+            ));
+        }
+        out
+    }
+}
+
+/// Replay: check liveness, plan, and with `--execute` commit the plan.
+pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<ReplayReport> {
     let bootstrap = cfg
         .kafka
         .bootstrap_servers
@@ -100,10 +150,24 @@ pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
         .set("enable.auto.commit", "false")
         .create()
         .context("creating Kafka client")?;
-    let timeout = Duration::from_secs(15);
-    refuse_if_live(&consumer, a.group, timeout, a.force)?;
+    check_liveness(&consumer, a.group, TIMEOUT, a.force)?;
+    let rows = plan(&consumer, a)?;
+    if a.execute {
+        execute(cfg, bootstrap, a, &rows)?;
+    }
+    Ok(ReplayReport {
+        group: a.group.to_string(),
+        topic: a.topic.to_string(),
+        execute: a.execute,
+        partitions: rows,
+    })
+}
+
+/// Plan step: one row per chosen partition with where the group is and where it will resume.
+/// Read-only, so a dry run is exactly the plan `--execute` would commit.
+fn plan(consumer: &BaseConsumer, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
     let md = consumer
-        .fetch_metadata(Some(a.topic), timeout)
+        .fetch_metadata(Some(a.topic), TIMEOUT)
         .with_context(|| format!("reading metadata of {}", a.topic))?;
     let topic_md = md
         .topics()
@@ -123,7 +187,7 @@ pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
         tpl.add_partition(a.topic, *p);
     }
     let committed = consumer
-        .committed_offsets(tpl.clone(), timeout)
+        .committed_offsets(tpl, TIMEOUT)
         .context("reading committed offsets")?;
     let by_time = match a.target {
         Target::Datetime(ms) => {
@@ -133,7 +197,7 @@ pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
             }
             Some(
                 consumer
-                    .offsets_for_times(q, timeout)
+                    .offsets_for_times(q, TIMEOUT)
                     .context("looking up offsets by time")?,
             )
         }
@@ -142,7 +206,7 @@ pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
     let mut rows = Vec::new();
     for p in &ids {
         let (low, high) = consumer
-            .fetch_watermarks(a.topic, *p, timeout)
+            .fetch_watermarks(a.topic, *p, TIMEOUT)
             .with_context(|| format!("reading watermarks of partition {p}"))?;
         let current = committed
             .find_partition(a.topic, *p)
@@ -162,36 +226,16 @@ pub fn run(cfg: &Config, a: &ReplayArgs<'_>) -> Result<Vec<PlanRow>> {
             target,
         });
     }
-    println!(
-        "{:<28} {:>9} {:>12} {:>12} {:>12} {:>12}",
-        "TOPIC", "PARTITION", "CURRENT", "TARGET", "LOG-START", "LOG-END"
-    );
-    for r in &rows {
-        let cur = r.current.map_or("-".to_string(), |c| c.to_string());
-        println!(
-            "{:<28} {:>9} {:>12} {:>12} {:>12} {:>12}",
-            a.topic, r.partition, cur, r.target, r.low, r.high
-        );
-    }
-    if !a.execute {
-        println!(
-            "dry run: nothing changed (add --execute to move group {:?})",
-            a.group
-        );
-        return Ok(rows);
-    }
+    Ok(rows)
+}
+
+/// Execute step: commit the plan's targets for the group.
+fn execute(cfg: &Config, bootstrap: &str, a: &ReplayArgs<'_>, rows: &[PlanRow]) -> Result<()> {
     let mut commit = TopicPartitionList::new();
-    for r in &rows {
+    for r in rows {
         commit.add_partition_offset(a.topic, r.partition, Offset::Offset(r.target))?;
     }
-    commit_as_member(cfg, bootstrap, a, &commit, ids.len())?;
-    println!(
-        "group {:?} moved on {} partition(s) of {}",
-        a.group,
-        rows.len(),
-        a.topic
-    );
-    Ok(rows)
+    commit_as_member(cfg, bootstrap, a, &commit, rows.len())
 }
 
 /// Commit `offsets` for the group. A commit from outside the group (generation -1) is what
@@ -237,7 +281,10 @@ fn commit_as_member(
     Ok(())
 }
 
-fn refuse_if_live(
+/// Check-liveness step: refuse while the group has live members, since they would overwrite
+/// the new offsets with their own next commit. Done before planning (a dry run refuses too), so
+/// the plan shown is one that can be executed.
+fn check_liveness(
     consumer: &BaseConsumer,
     group: &str,
     timeout: Duration,
