@@ -216,7 +216,7 @@ fn two_instances_one_leaving_midway_lose_nothing() {
 fn spawn_run(config_path: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_eventrelay"))
         .args(["run", "--role", "map", "--config"])
-        .env("EVENTRELAY_INSTANCE", "test-0")
+        .env("EVENTRELAY_KAFKA__INSTANCE_ID", "test-0")
         .arg(config_path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -315,12 +315,12 @@ for f in ["configmap.yaml", "deployment-map.yaml", "deployment-send.yaml", "serv
 objs = [o for r in res for o in docs.get(f"{kdir}/{r}", [])]
 check(all("namespace" not in o.get("metadata", {}) for o in objs), "manifests are namespace-less")
 cms = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "ConfigMap"}
-deps = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "Deployment"}
+deps = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "StatefulSet"}
 pdbs = [o for o in objs if o.get("kind") == "PodDisruptionBudget"]
 svcs = [o for o in objs if o.get("kind") == "Service"]
 for name, role in [("eventrelay-map", "map"), ("eventrelay-send", "send")]:
     d = deps.get(name)
-    if not check(d is not None, f"k8s Deployment {name}"):
+    if not check(d is not None, f"k8s StatefulSet {name} (stable pod names for static membership)"):
         continue
     spec = d["spec"]
     pod = spec["template"]
@@ -346,9 +346,9 @@ for name, role in [("eventrelay-map", "map"), ("eventrelay-send", "send")]:
           f"{name}: resources")
     check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9464",
           f"{name}: prometheus scrape annotations")
-    inst = [e for e in c.get("env", []) if e.get("name") == "EVENTRELAY_INSTANCE"]
+    inst = [e for e in c.get("env", []) if e.get("name") == "EVENTRELAY_KAFKA__INSTANCE_ID"]
     check(inst and inst[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
-          f"{name}: EVENTRELAY_INSTANCE from metadata.name")
+          f"{name}: EVENTRELAY_KAFKA__INSTANCE_ID from metadata.name")
     vols = {v["name"]: v for v in ps.get("volumes", [])}
     cfgs = [vols.get(m["name"], {}).get("configMap", {}).get("name") for m in c.get("volumeMounts", [])
             if m.get("mountPath") == "/etc/eventrelay"]
