@@ -16,7 +16,7 @@
 //! given broker, then `eventrelay run --role send` starts as a child process with Seg's
 //! endpoint on a port where nothing listens (the destination is down). Its resident memory is
 //! sampled every second for `--watch-secs` (default 60) while it works through the backlog,
-//! handing records to `dest.seg.retry`.
+//! handing records to `dest.seg.retry.<tier>`.
 
 #[path = "corpus.rs"]
 mod corpus;
@@ -36,11 +36,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WEBSITE: &str = "abc8fb18-7559-4324-9921-a4b5015b4a1c";
-const TOPICS: [&str; 5] = [
+const TOPICS: [&str; 8] = [
     "segment.events",
     "segment.events.dlq",
     "dest.seg",
-    "dest.seg.retry",
+    "dest.seg.retry.10s",
+    "dest.seg.retry.1m",
+    "dest.seg.retry.5m",
+    "dest.seg.retry.30m",
     "dest.seg.dlq",
 ];
 
@@ -376,7 +379,7 @@ fn backlog_rss(bootstrap: &str, n: usize, watch_secs: u64) {
         samples.push(rss);
         if s % 10 == 0 || s == 1 {
             println!(
-                "  t={s:>3} s  RSS {rss:6.1} MB  handed to dest.seg.retry so far: {}",
+                "  t={s:>3} s  RSS {rss:6.1} MB  handed to the retry topics so far: {}",
                 handed()
             );
         }

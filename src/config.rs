@@ -91,13 +91,29 @@ impl KafkaConfig {
     pub fn destination_topic(&self, name: &str) -> String {
         format!("{}{name}", self.destination_topic_prefix)
     }
-    /// `dest.<name>.retry`.
-    pub fn retry_topic(&self, name: &str) -> String {
-        format!("{}{name}.retry", self.destination_topic_prefix)
+    /// `dest.<name>.retry.<tier>`: one retry topic per delay tier (`dest.seg.retry.1m`).
+    pub fn retry_topic(&self, name: &str, tier: Duration) -> String {
+        format!(
+            "{}{name}.retry.{}",
+            self.destination_topic_prefix,
+            tier_label(tier)
+        )
     }
     /// `dest.<name>.dlq`.
     pub fn dlq_topic(&self, name: &str) -> String {
         format!("{}{name}.dlq", self.destination_topic_prefix)
+    }
+}
+
+/// A delay tier's name in topic and group names: `500ms`, `10s`, `5m`, `2h`.
+pub fn tier_label(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0ms".into(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
     }
 }
 
@@ -126,6 +142,10 @@ pub struct MapConfig {
     /// Input records read but not yet acknowledged, across all partitions; consumption pauses
     /// at this bound so memory stays flat when the broker slows.
     pub max_in_flight: usize,
+    /// messageId de-duplication window (Segment: at least 24 hours); 0 turns it off.
+    pub dedup_window_secs: u64,
+    /// messageIds remembered per process at most (about 40 bytes each), split between workers.
+    pub dedup_max_entries: usize,
 }
 
 impl Default for MapConfig {
@@ -133,6 +153,8 @@ impl Default for MapConfig {
         MapConfig {
             workers: 0,
             max_in_flight: 20_000,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_entries: 1_000_000,
         }
     }
 }
@@ -167,6 +189,10 @@ pub struct DeliveryConfig {
     pub backoff_max: Duration,
     /// How long after the first attempt a record may still be retried (Segment: 4 hours).
     pub retry_window: Duration,
+    /// Delay tiers of the retry topics, ascending: a record handed to the retry topic goes to
+    /// the smallest tier at least as long as its backoff (or `Retry-After`), so every record
+    /// of one tier topic waits the same time and its head is always the earliest due.
+    pub retry_tiers: Vec<Duration>,
     /// Circuit breaker: consecutive retryable failures that open it (0: never).
     pub breaker_failures: u32,
     /// Circuit breaker: how long it stays open before the first probe.
@@ -187,6 +213,10 @@ impl Default for DeliveryConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(300),
             retry_window: Duration::from_secs(4 * 3600),
+            retry_tiers: [10, 60, 300, 1800]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
             breaker_failures: 20,
             breaker_open: Duration::from_secs(5),
             breaker_open_max: Duration::from_secs(60),
@@ -204,6 +234,7 @@ const DELIVERY_KEYS: &[&str] = &[
     "backoff_min_ms",
     "backoff_max_ms",
     "retry_window_secs",
+    "retry_tier_ms",
     "breaker_failures",
     "breaker_open_ms",
     "breaker_open_max_ms",
@@ -244,6 +275,26 @@ impl DeliveryConfig {
         }
         if let Some(v) = positive(t, "retry_window_secs")? {
             d.retry_window = Duration::from_secs(v);
+        }
+        if let Some(v) = t.get("retry_tier_ms") {
+            let bad = || {
+                ConfigError::new(
+                    "retry_tier_ms",
+                    "must be a non-empty list of positive integers (ms), ascending, at most 8",
+                )
+            };
+            let list = v.as_array().ok_or_else(bad)?;
+            let tiers: Vec<Duration> = list
+                .iter()
+                .map(|x| match x {
+                    toml::Value::Integer(i) if *i > 0 => Ok(Duration::from_millis(*i as u64)),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_, _>>()?;
+            if tiers.is_empty() || tiers.len() > 8 || tiers.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad());
+            }
+            d.retry_tiers = tiers;
         }
         if let Some(v) = positive(t, "breaker_failures")? {
             d.breaker_failures = v.min(u32::MAX as u64) as u32;
@@ -399,6 +450,34 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn retry_tiers_name_their_topics_and_are_validated() {
+        assert_eq!(tier_label(Duration::from_millis(500)), "500ms");
+        assert_eq!(tier_label(Duration::from_secs(10)), "10s");
+        assert_eq!(tier_label(Duration::from_secs(300)), "5m");
+        assert_eq!(tier_label(Duration::from_secs(7200)), "2h");
+        let k = KafkaConfig::default();
+        assert_eq!(
+            k.retry_topic("seg", Duration::from_secs(60)),
+            "dest.seg.retry.1m"
+        );
+        let seg = "[destinations.seg]\nwebsite_id = \"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\n";
+        let cfg = Config::from_toml(&format!("{seg}retry_tier_ms = [1000, 60000]\n")).unwrap();
+        let d = &cfg.destinations().unwrap()[0].delivery;
+        assert_eq!(
+            d.retry_tiers,
+            vec![Duration::from_secs(1), Duration::from_secs(60)]
+        );
+        for bad in ["[]", "[60000, 1000]", "[0]", "\"1m\""] {
+            let cfg = Config::from_toml(&format!("{seg}retry_tier_ms = {bad}\n"));
+            let e = cfg
+                .and_then(|c| c.destinations().map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("destinations.seg.retry_tier_ms"), "{bad}: {e}");
+        }
     }
 
     #[test]

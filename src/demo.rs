@@ -24,11 +24,13 @@ analytics_tag_id = "gcb8"
 dct_tag_id = "6qg2"
 backoff_min_ms = 100
 backoff_max_ms = 1000
+retry_tier_ms = [500, 2000]
 [destinations.seg]
 endpoint = "{stub_url}"
 website_id = "abc8fb18-7559-4324-9921-a4b5015b4a1c"
 backoff_min_ms = 100
 backoff_max_ms = 1000
+retry_tier_ms = [500, 2000]
 "#
     ))
 }

@@ -566,3 +566,83 @@ async fn one_slow_user_does_not_hold_up_the_others() {
         "other users slowed down: half took {half_time:?}, all took {healthy_time:?} when healthy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_due_retry_never_waits_behind_a_long_retry_after() {
+    let kafka = cluster();
+    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
+    let cfg = config(
+        kafka.bootstrap(),
+        &stub.url(),
+        "",
+        "backoff_min_ms = 100\nbackoff_max_ms = 400",
+    );
+    // A's first Seg request gets 429 with a Retry-After of 20 s (longer than the longest tier,
+    // 2 s here); B's first three (the attempt and both in-place retries) get 503.
+    stub.inject(Fault {
+        status: Some(429),
+        retry_after: Some(20),
+        count: Some(1),
+        contains: Some("\"userId\":\"user-a\"".into()),
+        ..Default::default()
+    });
+    stub.inject(Fault {
+        status: Some(503),
+        count: Some(3),
+        contains: Some("\"userId\":\"user-b\"".into()),
+        ..Default::default()
+    });
+    let running = Running::start(&cfg, Role::All).await.unwrap();
+    let line = |user: &str, id: &str| {
+        serde_json::json!({"type": "track", "event": "Viewed Product", "userId": user,
+            "messageId": id, "properties": {"sku": "1"}})
+        .to_string()
+        .into_bytes()
+    };
+    let started = Instant::now();
+    produce(
+        &cfg,
+        kafka.bootstrap(),
+        "segment.events",
+        &[line("user-a", "a-1")],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce(
+        &cfg,
+        kafka.bootstrap(),
+        "segment.events",
+        &[line("user-b", "b-1")],
+    );
+    let delivered = |stub: &Stub, id: &str| {
+        ok(&stub.requests())
+            .iter()
+            .any(|r| r.url.contains("/v1/") && message_id(r) == id)
+    };
+    wait_for("B delivered", Duration::from_secs(15), || {
+        delivered(&stub, "b-1")
+    })
+    .await;
+    let b_time = started.elapsed();
+    assert!(!delivered(&stub, "a-1"), "A waits for its Retry-After");
+    wait_for("A delivered", Duration::from_secs(40), || {
+        delivered(&stub, "a-1")
+    })
+    .await;
+    let a_time = started.elapsed();
+    let a_attempts = stub
+        .requests()
+        .iter()
+        .filter(|r| r.url.contains("/v1/") && message_id(r) == "a-1")
+        .count();
+    running.shutdown(Duration::from_secs(30)).await.unwrap();
+    eprintln!("B (503 ×3) delivered after {b_time:?}; A (429, Retry-After 20 s) after {a_time:?} in {a_attempts} attempts");
+    assert!(b_time < Duration::from_secs(10), "B waited {b_time:?}");
+    assert!(
+        a_time >= Duration::from_secs(20),
+        "Retry-After honoured: {a_time:?}"
+    );
+    assert_eq!(
+        a_attempts, 2,
+        "no attempt while hopping through the longest tier"
+    );
+}

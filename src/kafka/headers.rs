@@ -40,6 +40,9 @@ pub const RETRY_DUE: &str = "eventrelay.retry.due_ms";
 pub const RETRY_ATTEMPTS: &str = "eventrelay.retry.attempts";
 /// When the first attempt was made (ms since the epoch); the retry window counts from it.
 pub const RETRY_FIRST: &str = "eventrelay.retry.first_attempt_ms";
+/// Not to be attempted before (ms since the epoch): a `Retry-After` longer than the longest
+/// delay tier; the record hops through that tier until then without an attempt.
+pub const RETRY_NOT_BEFORE: &str = "eventrelay.retry.not_before_ms";
 /// The last error, for operators reading the retry topic.
 pub const RETRY_LAST_ERROR: &str = "eventrelay.retry.last_error";
 
@@ -169,6 +172,8 @@ pub struct RetryState<'a> {
     pub attempts: u32,
     /// First attempt at (ms since the epoch).
     pub first_attempt_ms: i64,
+    /// Not to be attempted before (ms since the epoch), when later than `due_ms`.
+    pub not_before_ms: Option<i64>,
     /// Where the record was first read.
     pub origin: &'a Origin,
     /// Last error, for people reading the topic.
@@ -178,8 +183,11 @@ pub struct RetryState<'a> {
 /// Headers of a record handed to the retry topic (the original ones are not kept: the record
 /// itself is the destination record, and its origin is in [`ORIGIN_TOPIC`] and friends).
 pub fn retry(r: &RetryState<'_>) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(7);
+    let mut h = OwnedHeaders::new_with_capacity(8);
     h = add(h, RETRY_DUE, &r.due_ms.to_string());
+    if let Some(nb) = r.not_before_ms.filter(|nb| *nb > r.due_ms) {
+        h = add(h, RETRY_NOT_BEFORE, &nb.to_string());
+    }
     h = add(h, RETRY_ATTEMPTS, &r.attempts.to_string());
     h = add(h, RETRY_FIRST, &r.first_attempt_ms.to_string());
     h = add(h, ORIGIN_TOPIC, &r.origin.topic);

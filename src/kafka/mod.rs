@@ -45,7 +45,7 @@ pub fn consumer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
 /// offsets committed only by the stage (never automatically), reading committed data only,
 /// lag statistics every 5 s, and static membership when `kafka.instance_id` is set.
 ///
-/// `member` names this consumer inside the process (`map`, `send.seg`, `send.seg.retry`), so
+/// `member` names this consumer inside the process (`map`, `send.seg`, `send.seg.retry.1m`), so
 /// each of the process's consumer groups gets its own `group.instance.id`
 /// (`<instance_id>.<member>`): a restarted process with the same id takes its partitions back
 /// at once instead of after the session timeout.
@@ -116,7 +116,9 @@ pub fn all_topics(cfg: &Config) -> Result<Vec<String>> {
     for d in cfg.destinations()? {
         let n = d.dest.name();
         topics.push(k.destination_topic(n));
-        topics.push(k.retry_topic(n));
+        for tier in &d.delivery.retry_tiers {
+            topics.push(k.retry_topic(n, *tier));
+        }
         topics.push(k.dlq_topic(n));
     }
     Ok(topics)

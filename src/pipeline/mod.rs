@@ -26,4 +26,5 @@ pub fn map_input(
     Ok((event, routed))
 }
 
+pub mod dedup;
 pub mod stage;

@@ -21,6 +21,7 @@ use crate::kafka::{
     producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
     Transactional,
 };
+use crate::pipeline::dedup::Dedup;
 use crate::pipeline::map_input;
 use crate::record::Source;
 use anyhow::{anyhow, Context, Result};
@@ -193,7 +194,12 @@ struct Route {
     dests: Vec<Arc<dyn Destination>>,
     topics: Vec<String>,
     dlq: String,
+    dedup_window_ms: i64,
+    dedup_per_worker: usize,
 }
+
+/// Skip reason of a messageId seen at an earlier offset within the window.
+pub const DUPLICATE: &str = "duplicate";
 
 /// Run the map stage until `shutdown`; then drain, commit and return.
 pub fn run_map_stage(
@@ -255,6 +261,13 @@ fn route(cfg: &Config) -> Result<Route> {
             .collect(),
         dests,
         dlq: cfg.kafka.input_dlq_topic.clone(),
+        dedup_window_ms: (cfg.map.dedup_window_secs.saturating_mul(1000)).min(i64::MAX as u64)
+            as i64,
+        dedup_per_worker: if cfg.map.dedup_window_secs == 0 {
+            0
+        } else {
+            cfg.map.dedup_max_entries / cfg.map.worker_count().max(1)
+        },
     })
 }
 
@@ -389,6 +402,7 @@ fn worker(
     stats: &MapStats,
 ) {
     let mut local = LocalStats::default();
+    let mut dedup = Dedup::new(route.dedup_window_ms, route.dedup_per_worker);
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -398,7 +412,7 @@ fn worker(
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        process(job, route, progress, producer, &mut local);
+        process(job, route, progress, producer, &mut local, &mut dedup);
         local.since_flush += 1;
         if local.since_flush >= 1024 || rx.is_empty() {
             local.flush(stats);
@@ -463,6 +477,7 @@ fn process(
     progress: &Progress,
     producer: &MapProducer,
     local: &mut LocalStats,
+    dedup: &mut Dedup,
 ) {
     let slot = job.slot;
     let origin = Origin {
@@ -504,6 +519,13 @@ fn process(
                 value: payload.map(Cow::Borrowed),
                 headers: Some(h),
             });
+        }
+        Ok((event, _))
+            if dedup.is_duplicate(slot.partition, slot.offset, &event.message_id, now_millis()) =>
+        {
+            for d in &route.dests {
+                local.count(Outcome::Dest(d.name(), DestOutcome::Skipped(DUPLICATE)));
+            }
         }
         Ok((event, routed)) => {
             for (i, r) in routed.iter().enumerate() {

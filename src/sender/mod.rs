@@ -144,7 +144,8 @@ struct Lane {
     client: reqwest::Client,
     limiter: Option<DefaultDirectRateLimiter>,
     producer: FutureProducer,
-    retry_topic: String,
+    /// Retry topics by delay tier, ascending.
+    retry_topics: Vec<(Duration, String)>,
     dlq_topic: String,
     counts: Arc<DestCounts>,
     metrics: LaneMetrics,
@@ -200,7 +201,12 @@ impl Lane {
             client,
             limiter,
             producer,
-            retry_topic: k.retry_topic(name),
+            retry_topics: d
+                .delivery
+                .retry_tiers
+                .iter()
+                .map(|t| (*t, k.retry_topic(name, *t)))
+                .collect(),
             dlq_topic: k.dlq_topic(name),
             counts: stats.for_dest(name),
             metrics: LaneMetrics::new(name),
@@ -316,6 +322,20 @@ impl Lane {
         // A first attempt "in the future" (a clock or a forged header) counts from now.
         let first_ms =
             headers::time_ms(retry_headers, headers::RETRY_FIRST, now).map_or(now, |f| f.min(now));
+        // A long Retry-After hops through the longest tier without an attempt until it passes.
+        if let Some(nb) = headers::time_ms(retry_headers, headers::RETRY_NOT_BEFORE, now) {
+            if nb > now {
+                let wait = AttemptError {
+                    status: None,
+                    class: AnswerClass::Retryable,
+                    retry_after: Some(Duration::from_millis((nb - now) as u64)),
+                    message: headers::text(retry_headers, headers::RETRY_LAST_ERROR)
+                        .unwrap_or("waiting for Retry-After")
+                        .to_string(),
+                };
+                return self.finish_retry(item, &wait, prior, first_ms).await;
+            }
+        }
         let d = &self.delivery;
         let mut in_place = ExponentialBuilder::new()
             .with_min_delay(d.backoff_min)
@@ -393,7 +413,12 @@ impl Lane {
         }
     }
 
-    /// Hand a record to the retry topic with its next due time.
+    /// The dead-letter topic stands in when no tier exists (the config refuses an empty list).
+    fn retry_topics_fallback(&self) -> &str {
+        &self.dlq_topic
+    }
+
+    /// Hand a record to the retry topic of its delay tier, with its due time.
     async fn finish_retry(&self, item: Item, e: &AttemptError, attempts: u32, first_ms: i64) {
         let d = &self.delivery;
         // The n-th delay of a jittered exponential schedule from backoff_min to backoff_max.
@@ -406,22 +431,32 @@ impl Lane {
             .nth(attempts.min(64) as usize)
             .unwrap_or(d.backoff_max);
         let delay = e.retry_after.map_or(delay, |ra| ra.max(delay));
+        // The tier: the smallest delay at least as long (else the longest). Every record of a
+        // tier topic waits the same time, so the topic's head is always its earliest due.
+        let (tier, topic) = self
+            .retry_topics
+            .iter()
+            .find(|(t, _)| *t >= delay)
+            .or(self.retry_topics.last())
+            .map(|(t, topic)| (*t, topic.as_str()))
+            .unwrap_or((delay, self.retry_topics_fallback()));
         // Never later than the end of the retry window: a long Retry-After must not hold the
-        // record (and the retry partition behind it) past the point where it is given up.
+        // record past the point where it is given up.
         let window_end = first_ms.saturating_add(d.retry_window.as_millis() as i64);
-        let due = now_millis()
-            .saturating_add(delay.as_millis() as i64)
-            .min(window_end);
+        let now = now_millis();
+        let due = now.saturating_add(tier.as_millis() as i64).min(window_end);
+        let not_before = now.saturating_add(delay.as_millis() as i64).min(window_end);
         let origin = origin_of(&item);
         let h = headers::retry(&RetryState {
             due_ms: due,
             attempts,
             first_attempt_ms: first_ms,
+            not_before_ms: Some(not_before),
             origin: &origin,
             last_error: &e.message,
         });
         let name = self.dest.name();
-        if self.produce(&self.retry_topic, &item, h).await {
+        if self.produce(topic, &item, h).await {
             self.counts.retry_topic.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "retry")
                 .increment(1);
@@ -543,20 +578,22 @@ pub async fn run_send_stage(
     let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
     let mut consumers = Vec::new();
-    for (topic, group, member, retry) in [
-        (
-            k.destination_topic(name),
-            group.clone(),
-            format!("send.{name}"),
-            false,
-        ),
-        (
-            k.retry_topic(name),
-            format!("{group}.retry"),
-            format!("send.{name}.retry"),
+    let mut sources = vec![(
+        k.destination_topic(name),
+        group.clone(),
+        format!("send.{name}"),
+        false,
+    )];
+    for tier in &delivery.retry_tiers {
+        let label = crate::config::tier_label(*tier);
+        sources.push((
+            k.retry_topic(name, *tier),
+            format!("{group}.retry.{label}"),
+            format!("send.{name}.retry.{label}"),
             true,
-        ),
-    ] {
+        ));
+    }
+    for (topic, group, member, retry) in sources {
         let spec = ConsumerSpec {
             group,
             member,

@@ -21,10 +21,12 @@ pub fn topics() -> Vec<String> {
         "segment.events",
         "segment.events.dlq",
         "dest.owneriq",
-        "dest.owneriq.retry",
+        "dest.owneriq.retry.500ms",
+        "dest.owneriq.retry.2s",
         "dest.owneriq.dlq",
         "dest.seg",
-        "dest.seg.retry",
+        "dest.seg.retry.500ms",
+        "dest.seg.retry.2s",
         "dest.seg.dlq",
     ]
     .iter()
@@ -54,10 +56,12 @@ endpoint = "{endpoint}"
 data_group_id = "9nfdft"
 analytics_tag_id = "gcb8"
 dct_tag_id = "6qg2"
+retry_tier_ms = [500, 2000]
 {extra}
 [destinations.seg]
 endpoint = "{endpoint}"
 website_id = "{WEBSITE_ID}"
+retry_tier_ms = [500, 2000]
 {extra}
 "#
     )

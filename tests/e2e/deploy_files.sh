@@ -87,10 +87,12 @@ METRICS = {
     "eventrelay_records_produced_total", "eventrelay_events_skipped_total",
     "eventrelay_events_rejected_total", "eventrelay_deliveries_total",
     "eventrelay_delivery_attempts_total", "eventrelay_consumer_lag",
-    "eventrelay_dead_letters_total", "up",
+    "eventrelay_dead_letters_total", "eventrelay_circuit_state",
+    "eventrelay_invalid_headers_total", "up",
 } | {h + s for h in HIST for s in ("_bucket", "_sum", "_count")}
 TOPICS = ["segment.events", "segment.events.dlq", "dest.owneriq", "dest.seg",
-          "dest.owneriq.retry", "dest.seg.retry", "dest.owneriq.dlq", "dest.seg.dlq"]
+          "dest.owneriq.dlq", "dest.seg.dlq"] + [
+          f"dest.{d}.retry.{t}" for d in ("owneriq", "seg") for t in ("10s", "1m", "5m", "30m")]
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
             "unless", "bool", "offset", "inf", "nan", "atan2"}
 
