@@ -1,10 +1,10 @@
 //! Golden tests: every example call in the destination docs (`shared/seeds/`), mapped with the
 //! example config, must produce exactly the request SPEC §3 describes.
 
-use eventrelay::tester::map_ndjson;
 use eventrelay::config::Config;
 use eventrelay::destinations::owneriq::decode_t;
 use eventrelay::destinations::Destination;
+use eventrelay::tester::map_ndjson;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
