@@ -789,13 +789,11 @@ impl<'a> Event<'a> {
         let event = f.event.and_then(raw::as_str);
         let mut previous_id = None;
         match kind {
-            EventType::Track => {
-                if event.as_deref().is_none_or(|s| s.trim().is_empty()) {
-                    return Err(InvalidEvent::new(
-                        "missing_event",
-                        "a track call needs a non-empty `event` name",
-                    ));
-                }
+            EventType::Track if event.as_deref().is_none_or(|s| s.trim().is_empty()) => {
+                return Err(InvalidEvent::new(
+                    "missing_event",
+                    "a track call needs a non-empty `event` name",
+                ));
             }
             EventType::Alias => {
                 if user_id.is_none() {

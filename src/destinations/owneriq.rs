@@ -95,7 +95,7 @@ fn push(pairs: &mut Vec<Pair>, key: impl Into<String>, value: Option<&RawValue>)
 }
 
 /// The first of `values` that is present and not null.
-fn first<'a, const N: usize>(values: [Option<&'a RawValue>; N]) -> Option<&'a RawValue> {
+fn first<const N: usize>(values: [Option<&RawValue>; N]) -> Option<&RawValue> {
     values.into_iter().find_map(raw::present)
 }
 
