@@ -141,7 +141,15 @@ impl OwnerIq {
 
     /// The length of the URL for these pairs, computed without building it.
     fn url_len(&self, kind: Kind, pairs: &[Pair]) -> usize {
-        let prefix = self.prefix(kind).map_or(0, |p| p.len());
+        let prefix = match kind {
+            Kind::Page => encoded_len(&self.analytics_tag_id),
+            Kind::Conversion => encoded_len(&self.dct_tag_id) + "&cnv=true".len(),
+            Kind::Unspecified => 0,
+        } + self.endpoint.len()
+            + "/j/?pt=".len()
+            + encoded_len(&self.data_group_id)
+            + "&s=".len()
+            + "&t=".len();
         let t: usize = pairs
             .iter()
             .map(|p| encoded_len(&p.key) + 1 + encoded_len(&p.value))
