@@ -1,11 +1,22 @@
-//! The Segment event model: parsing and validating one raw Kafka record into an [`Event`].
+//! The Segment event model: parsing and validating one raw Kafka record into an [`Event`]
+//! that borrows from the record's bytes.
 //!
 //! Parsing is total: any byte string gives either an [`Event`] or an [`InvalidEvent`] with a
 //! stable reason code, never a panic. The reason code is what lands in the dead-letter header
 //! `eventrelay.error.reason`, so codes are part of the operator-facing contract.
+//!
+//! Why borrowed: the map stage reads every event once and the destinations look at a dozen
+//! fields. Parsing into a tree (`serde_json::Value` with an ordered map) allocated a `String`
+//! per key and value and cost more than everything else the stage does. Here one pass reads
+//! the fields the destinations use and keeps `properties`, `traits`, `context.traits` and
+//! `context.page` as raw JSON slices ([`RawValue`]) that the Seg body embeds as they came, so
+//! numbers, escapes and key order reach the destination exactly as sent. The parts a mapper
+//! needs from inside a raw slice are read on demand with [`raw::pick`] (one shallow pass).
+//!
+//! Duplicate keys: the last occurrence wins, as it did with the ordered-map tree.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Segment rejects events over 32 KB; we treat larger records as invalid input the same way.
@@ -13,6 +24,11 @@ pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 
 /// Segment limits `messageId` to 100 characters.
 pub const MAX_MESSAGE_ID_CHARS: usize = 100;
+
+/// Deepest nesting of objects and arrays accepted (`too_deep` beyond): the depth serde_json,
+/// and so most receivers written in Rust, will parse; the event is embedded in Seg bodies and
+/// re-read by `eventrelay map`, so accepting deeper input would only move the failure.
+pub const MAX_DEPTH: usize = 128;
 
 /// The six Segment call types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,56 +146,553 @@ impl fmt::Display for InvalidEvent {
 
 impl std::error::Error for InvalidEvent {}
 
-/// A validated Segment event. The original JSON object is kept so mappers can pass
-/// `traits` and `properties` through exactly as sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+/// A validated Segment event, borrowing from the record's bytes.
+///
+/// Strings are `Cow`: borrowed unless the JSON text had escapes. Numbers used as ids keep
+/// their JSON text (`18446744073709551617` stays that, distinct from `18446744073709551616`).
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
     /// The call type.
     pub kind: EventType,
     /// `messageId` as sent, or a deterministic `er-<hash>` of the bytes when the sender gave none
-    /// (so a replay of the same record gets the same idempotency key).
-    pub message_id: String,
-    /// `userId`, numbers coerced to strings as Segment does; `None` when absent or empty.
-    pub user_id: Option<String>,
+    /// (absent, null, empty or only whitespace), so a replay of the same record gets the same
+    /// idempotency key.
+    pub message_id: Cow<'a, str>,
+    /// `userId`, numbers as their JSON text; `None` when absent, null or blank.
+    pub user_id: Option<Cow<'a, str>>,
     /// `anonymousId`, likewise.
-    pub anonymous_id: Option<String>,
-    /// The whole JSON object.
-    pub raw: Map<String, Value>,
+    pub anonymous_id: Option<Cow<'a, str>>,
+    /// `event` when it is a string (the track event name; validated non-blank for track).
+    pub event: Option<Cow<'a, str>>,
+    /// `name` (page, screen), any JSON value but null.
+    pub name: Option<&'a RawValue>,
+    /// `previousId` for alias calls (validated like `userId`); `None` for other calls.
+    pub previous_id: Option<Cow<'a, str>>,
+    /// The four Segment timestamps, as sent (each validated when present).
+    pub times: Times<'a>,
+    /// `properties`, a JSON object, as sent.
+    pub properties: Option<&'a RawValue>,
+    /// `traits`, a JSON object, as sent.
+    pub traits: Option<&'a RawValue>,
+    /// `context.traits` when it is an object, as sent.
+    pub context_traits: Option<&'a RawValue>,
+    /// `context.page` when it is an object, as sent.
+    pub context_page: Option<&'a RawValue>,
+    /// `integrations`, a JSON object, as sent.
+    pub integrations: Option<&'a RawValue>,
+    /// `context.traits.email`, else `traits.email`: a non-blank string.
+    pub email: Option<Cow<'a, str>>,
 }
 
-fn id_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, InvalidEvent> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(InvalidEvent::new(
+/// Two events are equal when every field is, raw slices compared by their text.
+impl PartialEq for Event<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        let raw_eq = |a: Option<&RawValue>, b: Option<&RawValue>| {
+            a.map(RawValue::get) == b.map(RawValue::get)
+        };
+        self.kind == o.kind
+            && self.message_id == o.message_id
+            && self.user_id == o.user_id
+            && self.anonymous_id == o.anonymous_id
+            && self.event == o.event
+            && raw_eq(self.name, o.name)
+            && self.previous_id == o.previous_id
+            && self.times == o.times
+            && raw_eq(self.properties, o.properties)
+            && raw_eq(self.traits, o.traits)
+            && raw_eq(self.context_traits, o.context_traits)
+            && raw_eq(self.context_page, o.context_page)
+            && raw_eq(self.integrations, o.integrations)
+            && self.email == o.email
+    }
+}
+
+/// The event's own timestamps, as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Times<'a> {
+    /// `timestamp`.
+    pub timestamp: Option<Cow<'a, str>>,
+    /// `originalTimestamp`.
+    pub original_timestamp: Option<Cow<'a, str>>,
+    /// `sentAt`.
+    pub sent_at: Option<Cow<'a, str>>,
+    /// `receivedAt`.
+    pub received_at: Option<Cow<'a, str>>,
+}
+
+/// Helpers over raw JSON slices: the event model's way of reading inside `properties` and
+/// friends without building a tree.
+pub mod raw {
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    use std::fmt;
+
+    /// A JSON object key, borrowed unless it had escapes.
+    pub(crate) struct Key<'a>(pub Cow<'a, str>);
+
+    impl<'de> de::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(s)))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s.to_string())))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s)))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    /// Read the values of `keys` from a raw JSON object in one shallow pass (the last
+    /// occurrence of a key wins). Not an object, or invalid JSON: all `None`.
+    pub fn pick<'a, const N: usize>(
+        obj: &'a RawValue,
+        keys: [&str; N],
+    ) -> [Option<&'a RawValue>; N] {
+        struct Pick<'k, const N: usize>([&'k str; N]);
+        impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
+            type Value = [Option<&'de RawValue>; N];
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = [None; N];
+                while let Some(Key(k)) = map.next_key()? {
+                    match self.0.iter().position(|want| *want == k) {
+                        Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        if !is_object(obj) {
+            return [None; N];
+        }
+        let mut de = serde_json::Deserializer::from_str(obj.get());
+        de.deserialize_map(Pick(keys)).unwrap_or([None; N])
+    }
+
+    /// Every `(key, value)` of a raw JSON object, in document order (duplicates included).
+    pub fn entries(obj: &RawValue) -> Vec<(Cow<'_, str>, &RawValue)> {
+        struct All;
+        impl<'de> Visitor<'de> for All {
+            type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Key(k)) = map.next_key()? {
+                    out.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(out)
+            }
+        }
+        if !is_object(obj) {
+            return Vec::new();
+        }
+        let mut de = serde_json::Deserializer::from_str(obj.get());
+        de.deserialize_map(All).unwrap_or_default()
+    }
+
+    /// The elements of a raw JSON array; anything else gives none.
+    pub fn elements(arr: &RawValue) -> Vec<&RawValue> {
+        struct Elems;
+        impl<'de> Visitor<'de> for Elems {
+            type Value = Vec<&'de RawValue>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                    out.push(v);
+                }
+                Ok(out)
+            }
+        }
+        if !arr.get().starts_with('[') {
+            return Vec::new();
+        }
+        let mut de = serde_json::Deserializer::from_str(arr.get());
+        de.deserialize_seq(Elems).unwrap_or_default()
+    }
+
+    /// Whether a raw value is a JSON object.
+    pub fn is_object(v: &RawValue) -> bool {
+        v.get().starts_with('{')
+    }
+
+    /// Whether a raw value is JSON `null`.
+    pub fn is_null(v: &RawValue) -> bool {
+        v.get() == "null"
+    }
+
+    /// `v` unless it is `null`.
+    pub fn present(v: Option<&RawValue>) -> Option<&RawValue> {
+        v.filter(|v| !is_null(v))
+    }
+
+    /// A raw JSON string's value (unescaped only when it has escapes); `None` for other types.
+    pub fn as_str(v: &RawValue) -> Option<Cow<'_, str>> {
+        let t = v.get();
+        let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+        if !inner.contains('\\') {
+            return Some(Cow::Borrowed(inner));
+        }
+        serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+    }
+
+    /// A value as destinations put it in text: strings unescaped, numbers and booleans as
+    /// their JSON text (exactly as sent), arrays and objects as their JSON text with the
+    /// whitespace outside strings removed; `None` for null.
+    pub fn text(v: &RawValue) -> Option<Cow<'_, str>> {
+        let t = v.get();
+        match t.as_bytes().first() {
+            None | Some(b'n') => None,
+            Some(b'"') => as_str(v),
+            Some(b'[' | b'{') => Some(minify(t)),
+            Some(_) => Some(Cow::Borrowed(t)),
+        }
+    }
+
+    /// Valid JSON text without the whitespace outside strings.
+    pub fn minify(t: &str) -> Cow<'_, str> {
+        if !t.bytes().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+            return Cow::Borrowed(t);
+        }
+        let mut out = String::with_capacity(t.len());
+        let (mut in_str, mut esc) = (false, false);
+        for c in t.chars() {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == '\\' {
+                    esc = true;
+                } else if c == '"' {
+                    in_str = false;
+                }
+            } else if c == '"' {
+                in_str = true;
+            } else if matches!(c, ' ' | '\n' | '\r' | '\t') {
+                continue;
+            }
+            out.push(c);
+        }
+        Cow::Owned(out)
+    }
+
+    /// Nesting depth of objects and arrays in JSON text, strings skipped. A cheap upper bound
+    /// (the number of `{` and `[` bytes) answers first, so ordinary events are not walked.
+    pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
+        // `[` is 0x5B and `{` 0x7B: `b | 0x20 == b'{'` matches exactly those two. Counting
+        // into a `u8` per 255-byte chunk lets the compiler use wide vector compares.
+        let mut openers = 0usize;
+        for chunk in bytes.chunks(255) {
+            let n: u8 = chunk
+                .iter()
+                .map(|&b| u8::from(b | 0x20 == b'{'))
+                .fold(0u8, u8::wrapping_add);
+            openers += usize::from(n);
+        }
+        if openers <= max {
+            return false;
+        }
+        let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+        for &b in bytes {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if b == b'\\' {
+                    esc = true;
+                } else if b == b'"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_str = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// `context`: its `traits` and `page` when they are objects, read in the same pass as
+    /// the event; `not_object` when `context` is neither an object nor null.
+    #[derive(Default)]
+    pub(crate) struct Context<'a> {
+        pub not_object: bool,
+        pub traits: Option<&'a RawValue>,
+        pub page: Option<&'a RawValue>,
+    }
+
+    /// Reads `context` without a tree.
+    pub(crate) struct ContextSeed;
+
+    impl<'de> DeserializeSeed<'de> for ContextSeed {
+        type Value = Context<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Context<'de>, D::Error> {
+            d.deserialize_any(ContextVisitor)
+        }
+    }
+
+    struct ContextVisitor;
+
+    impl ContextVisitor {
+        fn other<E>(self) -> Result<Context<'static>, E> {
+            Ok(Context {
+                not_object: true,
+                ..Context::default()
+            })
+        }
+    }
+
+    impl<'de> Visitor<'de> for ContextVisitor {
+        type Value = Context<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context<'de>, A::Error> {
+            let mut c = Context::default();
+            while let Some(Key(k)) = map.next_key()? {
+                match &*k {
+                    "traits" => c.traits = Some(map.next_value::<&'de RawValue>()?),
+                    "page" => c.page = Some(map.next_value::<&'de RawValue>()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            c.traits = c.traits.filter(|v| is_object(v));
+            c.page = c.page.filter(|v| is_object(v));
+            Ok(c)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Context<'de>, E> {
+            Ok(Context::default())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Context<'de>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            self.other()
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Context<'de>, E> {
+            self.other()
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Context<'de>, E> {
+            self.other()
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Context<'de>, E> {
+            self.other()
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Context<'de>, E> {
+            self.other()
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Context<'de>, E> {
+            self.other()
+        }
+    }
+}
+
+/// The top-level fields the destinations read, as raw slices, from one pass.
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a RawValue>,
+    message_id: Option<&'a RawValue>,
+    user_id: Option<&'a RawValue>,
+    anonymous_id: Option<&'a RawValue>,
+    previous_id: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
+    name: Option<&'a RawValue>,
+    times: [Option<&'a RawValue>; 4],
+    properties: Option<&'a RawValue>,
+    traits: Option<&'a RawValue>,
+    integrations: Option<&'a RawValue>,
+    context: Option<raw::Context<'a>>,
+}
+
+struct FieldsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut f = Fields::default();
+        while let Some(raw::Key(k)) = map.next_key()? {
+            let slot = match &*k {
+                "type" => &mut f.kind,
+                "messageId" => &mut f.message_id,
+                "userId" => &mut f.user_id,
+                "anonymousId" => &mut f.anonymous_id,
+                "previousId" => &mut f.previous_id,
+                "event" => &mut f.event,
+                "name" => &mut f.name,
+                "timestamp" => &mut f.times[0],
+                "originalTimestamp" => &mut f.times[1],
+                "sentAt" => &mut f.times[2],
+                "receivedAt" => &mut f.times[3],
+                "properties" => &mut f.properties,
+                "traits" => &mut f.traits,
+                "integrations" => &mut f.integrations,
+                "context" => {
+                    f.context = Some(map.next_value_seed(raw::ContextSeed)?);
+                    continue;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(f)
+    }
+}
+
+/// An id field (`userId`, `anonymousId`, `previousId`): a string, or a number used as its JSON
+/// text; `None` when absent, null or blank.
+fn id_field<'a>(v: Option<&'a RawValue>, key: &str) -> Result<Option<Cow<'a, str>>, InvalidEvent> {
+    let Some(v) = raw::present(v) else {
+        return Ok(None);
+    };
+    match v.get().as_bytes().first() {
+        Some(b'"') => Ok(raw::as_str(v).filter(|s| !s.trim().is_empty())),
+        Some(b'-' | b'0'..=b'9') => Ok(Some(Cow::Borrowed(v.get()))),
+        _ => Err(InvalidEvent::new(
             "invalid_field",
             format!("`{key}` must be a string"),
         )),
     }
 }
 
-/// Parse an ISO-8601 date-time as Segment libraries send it (RFC 3339, or without an offset,
-/// meaning UTC). Returns milliseconds since the epoch.
+/// Parse a date-time the way Segment's tracking API accepts it. Returns milliseconds since
+/// the epoch.
+///
+/// Accepted: `YYYY-MM-DD`, optionally followed by `T`, `t` or a space and `HH:MM`, optional
+/// `:SS`, optional fraction (`.` or `,`, any number of digits, read to the millisecond),
+/// then an optional offset: `Z`, `z`, `±HH:MM`, `±HHMM` or `±HH`. No offset means UTC, and a
+/// date alone means midnight UTC. Leap second `60` is read as the last millisecond of the
+/// minute.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
+    use chrono::{NaiveDate, NaiveTime};
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<u32> {
+        let d = b.get(from..from + len)?;
+        d.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc().timestamp_millis());
+    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 2)?, num(8, 2)?)?;
+    if b.len() == 10 {
+        return Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis());
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
+        return None;
+    }
+    let (hour, minute) = (num(11, 2)?, num(14, 2)?);
+    let mut i = 16;
+    let mut second = 0;
+    if b.get(i) == Some(&b':') {
+        second = num(i + 1, 2)?;
+        i += 3;
+    }
+    let mut milli = 0;
+    if matches!(b.get(i), Some(b'.' | b',')) {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 3 {
+                milli = milli * 10 + u32::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 {
+            return None;
+        }
+        for _ in digits..3 {
+            milli *= 10;
         }
     }
-    None
+    if second == 60 {
+        (second, milli) = (59, 999);
+    }
+    let time = NaiveTime::from_hms_milli_opt(hour, minute, second, milli)?;
+    let offset_secs: i64 = match &b[i..] {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] => {
+            let (h, m) = match rest.len() {
+                2 => (num(i + 1, 2)?, 0),
+                4 => (num(i + 1, 2)?, num(i + 3, 2)?),
+                5 if rest[2] == b':' => (num(i + 1, 2)?, num(i + 4, 2)?),
+                _ => return None,
+            };
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = i64::from(h * 3600 + m * 60);
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let local = date.and_time(time).and_utc().timestamp_millis();
+    Some(local - offset_secs * 1000)
 }
 
 /// The timestamp fields Segment defines; each must be a parseable date-time when present.
 pub const TIMESTAMP_FIELDS: [&str; 4] = ["timestamp", "originalTimestamp", "sentAt", "receivedAt"];
 
-impl Event {
-    /// Parse and validate one raw record.
-    pub fn parse(bytes: &[u8]) -> Result<Event, InvalidEvent> {
+/// A control character anywhere in `messageId` would make an invalid HTTP header value
+/// (`Idempotency-Key`): refuse it at parse time so `eventrelay map` and delivery agree.
+fn valid_message_id(s: &str) -> Result<(), InvalidEvent> {
+    if s.chars().count() > MAX_MESSAGE_ID_CHARS {
+        return Err(InvalidEvent::new(
+            "invalid_message_id",
+            format!("`messageId` is longer than {MAX_MESSAGE_ID_CHARS} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InvalidEvent::new(
+            "invalid_message_id",
+            "`messageId` contains control characters, which an HTTP header cannot carry",
+        ));
+    }
+    Ok(())
+}
+
+impl<'a> Event<'a> {
+    /// Parse and validate one raw record, borrowing from it.
+    pub fn parse(bytes: &'a [u8]) -> Result<Event<'a>, InvalidEvent> {
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(InvalidEvent::new(
                 "too_large",
@@ -189,79 +702,99 @@ impl Event {
                 ),
             ));
         }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| InvalidEvent::new("invalid_json", format!("not JSON: {e}")))?;
-        let Value::Object(raw) = value else {
+        if raw::depth_exceeds(bytes, MAX_DEPTH) {
+            return Err(InvalidEvent::new(
+                "too_deep",
+                format!("objects and arrays are nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| InvalidEvent::new("invalid_json", format!("not JSON: not UTF-8 ({e})")))?;
+        let not_json =
+            |e: serde_json::Error| InvalidEvent::new("invalid_json", format!("not JSON: {e}"));
+        let first = text
+            .trim_start_matches([' ', '\n', '\r', '\t'])
+            .as_bytes()
+            .first();
+        if first != Some(&b'{') {
+            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(not_json)?;
             return Err(InvalidEvent::new(
                 "not_an_object",
                 "an event must be a JSON object",
             ));
-        };
-        Self::from_object(raw, bytes)
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields =
+            serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).map_err(not_json)?;
+        de.end().map_err(not_json)?;
+        Self::validate(fields, bytes)
     }
 
-    fn from_object(raw: Map<String, Value>, bytes: &[u8]) -> Result<Event, InvalidEvent> {
-        let kind = match raw.get("type") {
-            None | Some(Value::Null) => {
-                return Err(InvalidEvent::new("missing_type", "`type` is missing"))
-            }
-            Some(Value::String(t)) => EventType::parse(t).ok_or_else(|| {
-                InvalidEvent::new(
-                    "unknown_type",
-                    format!(
-                        "`type` {:?} is not one of identify, track, page, screen, group, alias",
-                        truncate(t, 40)
-                    ),
-                )
-            })?,
-            Some(_) => return Err(InvalidEvent::new("unknown_type", "`type` must be a string")),
+    fn validate(f: Fields<'a>, bytes: &[u8]) -> Result<Event<'a>, InvalidEvent> {
+        let kind = match raw::present(f.kind) {
+            None => return Err(InvalidEvent::new("missing_type", "`type` is missing")),
+            Some(t) => match raw::as_str(t) {
+                Some(t) => EventType::parse(&t).ok_or_else(|| {
+                    InvalidEvent::new(
+                        "unknown_type",
+                        format!(
+                            "`type` {:?} is not one of identify, track, page, screen, group, alias",
+                            truncate(&t, 40)
+                        ),
+                    )
+                })?,
+                None => return Err(InvalidEvent::new("unknown_type", "`type` must be a string")),
+            },
         };
-        let user_id = id_field(&raw, "userId")?;
-        let anonymous_id = id_field(&raw, "anonymousId")?;
+        let user_id = id_field(f.user_id, "userId")?;
+        let anonymous_id = id_field(f.anonymous_id, "anonymousId")?;
         if user_id.is_none() && anonymous_id.is_none() {
             return Err(InvalidEvent::new(
                 "missing_identity",
                 "either `userId` or `anonymousId` is required",
             ));
         }
-        for key in ["context", "traits", "properties", "integrations"] {
-            match raw.get(key) {
-                None | Some(Value::Null) | Some(Value::Object(_)) => {}
-                Some(_) => {
-                    return Err(InvalidEvent::new(
-                        "invalid_field",
-                        format!("`{key}` must be an object"),
-                    ))
-                }
-            }
-        }
-        let message_id = match raw.get("messageId") {
-            None | Some(Value::Null) => synthetic_message_id(bytes),
-            Some(Value::String(s)) if s.is_empty() => synthetic_message_id(bytes),
-            Some(Value::String(s)) if s.chars().count() <= MAX_MESSAGE_ID_CHARS => s.clone(),
-            Some(Value::String(_)) => {
-                return Err(InvalidEvent::new(
-                    "invalid_message_id",
-                    format!("`messageId` is longer than {MAX_MESSAGE_ID_CHARS} characters"),
-                ))
-            }
-            Some(_) => {
-                return Err(InvalidEvent::new(
-                    "invalid_message_id",
-                    "`messageId` must be a string",
-                ))
-            }
+        let context = f.context.unwrap_or_default();
+        let object = |key: &str, v: Option<&'a RawValue>, not_object: bool| match raw::present(v) {
+            _ if not_object => Err(InvalidEvent::new(
+                "invalid_field",
+                format!("`{key}` must be an object"),
+            )),
+            Some(v) if !raw::is_object(v) => Err(InvalidEvent::new(
+                "invalid_field",
+                format!("`{key}` must be an object"),
+            )),
+            v => Ok(v),
         };
-        match kind {
-            EventType::Track => match raw.get("event") {
-                Some(Value::String(s)) if !s.trim().is_empty() => {}
-                _ => {
+        object("context", None, context.not_object)?;
+        let traits = object("traits", f.traits, false)?;
+        let properties = object("properties", f.properties, false)?;
+        let integrations = object("integrations", f.integrations, false)?;
+        let message_id = match raw::present(f.message_id) {
+            None => Cow::Owned(synthetic_message_id(bytes)),
+            Some(v) => match raw::as_str(v) {
+                Some(s) if s.trim().is_empty() => Cow::Owned(synthetic_message_id(bytes)),
+                Some(s) => {
+                    valid_message_id(&s)?;
+                    s
+                }
+                None => {
                     return Err(InvalidEvent::new(
-                        "missing_event",
-                        "a track call needs a non-empty `event` name",
+                        "invalid_message_id",
+                        "`messageId` must be a string",
                     ))
                 }
             },
+        };
+        let event = f.event.and_then(raw::as_str);
+        let mut previous_id = None;
+        match kind {
+            EventType::Track if event.as_deref().is_none_or(|s| s.trim().is_empty()) => {
+                return Err(InvalidEvent::new(
+                    "missing_event",
+                    "a track call needs a non-empty `event` name",
+                ));
+            }
             EventType::Alias => {
                 if user_id.is_none() {
                     return Err(InvalidEvent::new(
@@ -269,7 +802,8 @@ impl Event {
                         "an alias call needs `userId`",
                     ));
                 }
-                if id_field(&raw, "previousId")?.is_none() {
+                previous_id = id_field(f.previous_id, "previousId")?;
+                if previous_id.is_none() {
                     return Err(InvalidEvent::new(
                         "missing_previous_id",
                         "an alias call needs `previousId`",
@@ -278,27 +812,46 @@ impl Event {
             }
             _ => {}
         }
-        for key in TIMESTAMP_FIELDS {
-            match raw.get(key) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) if parse_timestamp(s).is_some() => {}
-                Some(other) => {
+        let mut times: [Option<Cow<'a, str>>; 4] = Default::default();
+        for (i, key) in TIMESTAMP_FIELDS.into_iter().enumerate() {
+            let Some(v) = raw::present(f.times[i]) else {
+                continue;
+            };
+            match raw::as_str(v) {
+                Some(s) if parse_timestamp(&s).is_some() => times[i] = Some(s),
+                _ => {
                     return Err(InvalidEvent::new(
                         "invalid_timestamp",
                         format!(
                             "`{key}` is not an ISO-8601 date-time: {}",
-                            truncate(&other.to_string(), 60)
+                            truncate(v.get(), 60)
                         ),
                     ))
                 }
             }
         }
+        let [timestamp, original_timestamp, sent_at, received_at] = times;
+        let email = email_in(context.traits).or_else(|| email_in(traits));
         Ok(Event {
             kind,
             message_id,
             user_id,
             anonymous_id,
-            raw,
+            event,
+            name: raw::present(f.name),
+            previous_id,
+            times: Times {
+                timestamp,
+                original_timestamp,
+                sent_at,
+                received_at,
+            },
+            properties,
+            traits,
+            context_traits: context.traits,
+            context_page: context.page,
+            integrations,
+            email,
         })
     }
 
@@ -310,44 +863,25 @@ impl Event {
             .unwrap_or_default()
     }
 
-    /// A top-level string field, if present and a string.
-    pub fn str_field(&self, key: &str) -> Option<&str> {
-        self.raw.get(key).and_then(Value::as_str)
-    }
-
-    /// A top-level object field (`traits`, `properties`, `context`, …).
-    pub fn object(&self, key: &str) -> Option<&Map<String, Value>> {
-        self.raw.get(key).and_then(Value::as_object)
-    }
-
-    /// `context.<key>` as an object.
-    pub fn context_object(&self, key: &str) -> Option<&Map<String, Value>> {
-        self.object("context")
-            .and_then(|c| c.get(key))
-            .and_then(Value::as_object)
-    }
-
     /// The track event name (validated present for track calls).
     pub fn event_name(&self) -> Option<&str> {
-        self.str_field("event")
+        self.event.as_deref()
     }
 
     /// The event's time: `timestamp`, else `originalTimestamp`, else `receivedAt`, else `sentAt`.
     pub fn timestamp(&self) -> Option<&str> {
-        ["timestamp", "originalTimestamp", "receivedAt", "sentAt"]
-            .into_iter()
-            .find_map(|k| self.str_field(k))
+        let t = &self.times;
+        t.timestamp
+            .as_deref()
+            .or(t.original_timestamp.as_deref())
+            .or(t.received_at.as_deref())
+            .or(t.sent_at.as_deref())
     }
 
     /// The user's email as Segment destinations read it: `context.traits.email`, else
-    /// `traits.email` (a non-empty string).
+    /// `traits.email` (a non-blank string).
     pub fn email(&self) -> Option<&str> {
-        fn from(m: Option<&Map<String, Value>>) -> Option<&str> {
-            m.and_then(|m| m.get("email"))
-                .and_then(Value::as_str)
-                .filter(|s| !s.trim().is_empty())
-        }
-        from(self.context_object("traits")).or_else(|| from(self.object("traits")))
+        self.email.as_deref()
     }
 
     /// Whether the `integrations` object lets this event reach the destination whose
@@ -356,26 +890,36 @@ impl Event {
     /// As in Segment's libraries: `All` defaults to true; an explicit boolean for the
     /// destination wins over `All`; an object value means enabled (with per-event options).
     pub fn enabled_for(&self, key: &str) -> bool {
-        let Some(integrations) = self.object("integrations") else {
+        let Some(integrations) = self.integrations else {
             return true;
         };
         let mut all = true;
         let mut explicit = None;
-        for (k, v) in integrations {
+        for (k, v) in raw::entries(integrations) {
+            let v = v.get();
             if k.eq_ignore_ascii_case(key) {
-                match v {
-                    Value::Bool(b) => explicit = Some(*b),
-                    Value::Object(_) => explicit = Some(true),
+                match v.as_bytes().first() {
+                    Some(b't') => explicit = Some(true),
+                    Some(b'f') => explicit = Some(false),
+                    Some(b'{') => explicit = Some(true),
                     _ => {}
                 }
             } else if k.eq_ignore_ascii_case("all") {
-                if let Value::Bool(b) = v {
-                    all = *b;
+                match v {
+                    "true" => all = true,
+                    "false" => all = false,
+                    _ => {}
                 }
             }
         }
         explicit.unwrap_or(all)
     }
+}
+
+/// `email` in a traits object: a non-blank string.
+fn email_in(traits: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let [email] = raw::pick(traits?, ["email"]);
+    raw::as_str(email?).filter(|s| !s.trim().is_empty())
 }
 
 fn synthetic_message_id(bytes: &[u8]) -> String {
@@ -402,7 +946,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Milliseconds since the epoch, now.
 pub fn now_millis() -> i64 {
-    Utc::now().timestamp_millis()
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]
@@ -451,17 +995,17 @@ mod tests {
 
     #[test]
     fn integrations_follow_segment_rules() {
-        let ev = |i: &str| {
-            Event::parse(format!(r#"{{"type":"page","userId":"u","integrations":{i}}}"#).as_bytes())
-                .unwrap()
+        let enabled = |i: &str, key: &str| {
+            let bytes = format!(r#"{{"type":"page","userId":"u","integrations":{i}}}"#);
+            Event::parse(bytes.as_bytes()).unwrap().enabled_for(key)
         };
-        assert!(ev("{}").enabled_for("Seg"));
-        assert!(!ev(r#"{"seg":false}"#).enabled_for("Seg"));
-        assert!(!ev(r#"{"All":false}"#).enabled_for("Seg"));
-        assert!(ev(r#"{"all":false,"SEG":true}"#).enabled_for("Seg"));
-        assert!(ev(r#"{"All":false,"Seg":{"opt":1}}"#).enabled_for("Seg"));
-        assert!(!ev(r#"{"All":false,"Seg":{"opt":1}}"#).enabled_for("OwnerIQ"));
-        assert!(ev(r#"{"All":true,"OwnerIQ":null}"#).enabled_for("OwnerIQ"));
+        assert!(enabled("{}", "Seg"));
+        assert!(!enabled(r#"{"seg":false}"#, "Seg"));
+        assert!(!enabled(r#"{"All":false}"#, "Seg"));
+        assert!(enabled(r#"{"all":false,"SEG":true}"#, "Seg"));
+        assert!(enabled(r#"{"All":false,"Seg":{"opt":1}}"#, "Seg"));
+        assert!(!enabled(r#"{"All":false,"Seg":{"opt":1}}"#, "OwnerIQ"));
+        assert!(enabled(r#"{"All":true,"OwnerIQ":null}"#, "OwnerIQ"));
     }
 
     #[test]

@@ -13,7 +13,6 @@ pub mod seg;
 
 use crate::event::Event;
 use crate::record::{record::Payload, EventTimes, Record, Source};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// What a mapper decided for one event.
@@ -27,11 +26,33 @@ pub enum MapOutcome {
     Reject(&'static str),
 }
 
+/// The HTTP methods destinations use. An enum, not a string, so a typo cannot reach the
+/// sender; it prints as `"GET"`/`"POST"` in `eventrelay map` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Method {
+    /// `GET` (OwnerIQ's pixel).
+    #[serde(rename = "GET")]
+    Get,
+    /// `POST` (Seg's events API).
+    #[serde(rename = "POST")]
+    Post,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
 /// An HTTP request ready to send. Headers keep their order so output is deterministic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// `GET` or `POST`.
-    pub method: &'static str,
+    pub method: Method,
     /// Absolute URL.
     pub url: String,
     /// Header name/value pairs.
@@ -80,7 +101,7 @@ pub trait Destination: Send + Sync {
     /// The key in a Segment event's `integrations` object (`OwnerIQ`).
     fn integration_key(&self) -> &'static str;
     /// Map one event. Pure: no I/O, no clock, no randomness.
-    fn map(&self, event: &Event) -> MapOutcome;
+    fn map(&self, event: &Event<'_>) -> MapOutcome;
     /// Build the HTTP request for a record with the current settings.
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError>;
     /// Classify an HTTP status. Defaults to Segment's rules.
@@ -145,6 +166,14 @@ pub fn endpoint(t: &toml::Table, default: &str) -> Result<String, ConfigError> {
             format!("{raw:?} must be an http or https URL"),
         ));
     }
+    // Request URLs are built as `{endpoint}/j/?…` and `{endpoint}/v1/…`: a query or fragment
+    // here would end up in the middle of them.
+    if parsed.query().is_some() || parsed.fragment().is_some() || raw.contains(['?', '#']) {
+        return Err(ConfigError::new(
+            "endpoint",
+            format!("{raw:?} must not have a query (`?…`) or fragment (`#…`)"),
+        ));
+    }
     Ok(raw.trim_end_matches('/').to_string())
 }
 
@@ -162,24 +191,25 @@ pub fn deny_unknown(t: &toml::Table, known: &[&str]) -> Result<(), ConfigError> 
 /// Build a record envelope around a payload for `event`.
 pub fn envelope(
     dest: &str,
-    event: &Event,
+    event: &Event<'_>,
     source: Option<Source>,
     received_at_ms: i64,
     payload: Payload,
 ) -> Record {
-    let s = |k: &str| event.str_field(k).unwrap_or_default().to_string();
+    let s = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().unwrap_or_default().to_string();
+    let t = &event.times;
     Record {
-        message_id: event.message_id.clone(),
+        message_id: event.message_id.to_string(),
         user_key: event.user_key().to_string(),
         destination: dest.to_string(),
         event_type: event.kind.as_str().to_string(),
         event_name: event.event_name().unwrap_or_default().to_string(),
         source,
         times: Some(EventTimes {
-            timestamp: s("timestamp"),
-            original_timestamp: s("originalTimestamp"),
-            sent_at: s("sentAt"),
-            received_at: s("receivedAt"),
+            timestamp: s(&t.timestamp),
+            original_timestamp: s(&t.original_timestamp),
+            sent_at: s(&t.sent_at),
+            received_at: s(&t.received_at),
         }),
         received_at_ms,
         payload: Some(payload),
@@ -200,7 +230,7 @@ pub enum Routed {
 /// Apply the integrations object and the mapper for one destination.
 pub fn route(
     dest: &dyn Destination,
-    event: &Event,
+    event: &Event<'_>,
     source: Option<&Source>,
     received_at_ms: i64,
 ) -> Routed {
@@ -216,19 +246,6 @@ pub fn route(
         ),
         MapOutcome::Skip(r) => Routed::Skipped(r),
         MapOutcome::Reject(r) => Routed::Rejected(r),
-    }
-}
-
-/// Render a JSON scalar the way the destinations want it in text: strings as is, numbers in
-/// their JSON form, booleans as `true`/`false`, arrays and objects as compact JSON.
-/// `None` for null (an absent value).
-pub fn json_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        other => Some(other.to_string()),
     }
 }
 

@@ -6,15 +6,22 @@
 //! `|`, `&` and `=` inside a value can never be confused with the separators.
 
 use super::{
-    common_headers, deny_unknown, endpoint, json_text, required_str, BuildError, ConfigError,
-    Destination, HttpRequest, MapOutcome,
+    common_headers, deny_unknown, endpoint, required_str, BuildError, ConfigError, Destination,
+    HttpRequest, MapOutcome, Method,
 };
-use crate::event::{Ecommerce, Event, EventType};
+use crate::event::{raw, Ecommerce, Event, EventType};
 use crate::record::{owner_iq_hit::Kind, record::Payload, OwnerIqHit, Pair, Record};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde_json::{Map, Value};
-use std::fmt::Write;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
+
+/// Longest OwnerIQ URL sent. Common servers refuse a request line over 8 KB (nginx's
+/// `large_client_header_buffers`, Apache's `LimitRequestLine`) with 414, which is permanent:
+/// a longer URL is rejected at map time (`url_too_long`, to the input dead-letter topic), so
+/// `eventrelay map` shows it and nothing is sent that cannot be received. 8,000 leaves room for
+/// `GET ` and ` HTTP/1.1` in the 8,192-byte line.
+pub const MAX_URL_BYTES: usize = 8_000;
 
 /// Default OwnerIQ pixel host.
 pub const DEFAULT_ENDPOINT: &str = "https://px.owneriq.net";
@@ -65,28 +72,90 @@ pub fn encode(s: &str) -> String {
     utf8_percent_encode(s, ENCODE).to_string()
 }
 
-fn push(pairs: &mut Vec<Pair>, key: impl Into<String>, value: Option<&Value>) {
-    if let Some(value) = value.and_then(json_text) {
+/// Length of `s` once percent-encoded, without encoding it.
+fn encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+fn push(pairs: &mut Vec<Pair>, key: impl Into<String>, value: Option<&RawValue>) {
+    if let Some(value) = value.and_then(raw::text) {
         pairs.push(Pair {
             key: key.into(),
-            value,
+            value: value.into_owned(),
         });
     }
 }
 
-fn first<'a>(m: Option<&'a Map<String, Value>>, keys: &[&str]) -> Option<&'a Value> {
-    let m = m?;
-    keys.iter().filter_map(|k| m.get(*k)).find(|v| !v.is_null())
+/// The first of `values` that is present and not null.
+fn first<const N: usize>(values: [Option<&RawValue>; N]) -> Option<&RawValue> {
+    values.into_iter().find_map(raw::present)
 }
 
-fn match_keys(event: &Event, pairs: &mut Vec<Pair>) {
-    let email = event
-        .email()
-        .map(|e| Value::String(e.to_string()))
-        .or_else(|| first(event.object("properties"), &["email"]).cloned());
-    push(pairs, "email", email.as_ref());
-    let customer = Value::String(event.user_key().to_string());
-    push(pairs, "customer_id", Some(&customer));
+fn match_keys(event: &Event<'_>, props_email: Option<&RawValue>, pairs: &mut Vec<Pair>) {
+    let email = match event.email() {
+        Some(e) => Some(e.to_string()),
+        None => raw::present(props_email)
+            .and_then(raw::text)
+            .map(Cow::into_owned),
+    };
+    if let Some(value) = email {
+        pairs.push(Pair {
+            key: "email".into(),
+            value,
+        });
+    }
+    pairs.push(Pair {
+        key: "customer_id".into(),
+        value: event.user_key().to_string(),
+    });
+}
+
+impl OwnerIq {
+    /// The URL up to `&t=`, for a hit of this kind.
+    fn prefix(&self, kind: Kind) -> Option<String> {
+        let (tag, conversion) = match kind {
+            Kind::Page => (&self.analytics_tag_id, false),
+            Kind::Conversion => (&self.dct_tag_id, true),
+            Kind::Unspecified => return None,
+        };
+        let mut url = format!(
+            "{}/j/?pt={}&s={}",
+            self.endpoint,
+            encode(&self.data_group_id),
+            encode(tag)
+        );
+        if conversion {
+            url.push_str("&cnv=true");
+        }
+        url.push_str("&t=");
+        Some(url)
+    }
+
+    /// The length of the URL for these pairs, computed without building it.
+    fn url_len(&self, kind: Kind, pairs: &[Pair]) -> usize {
+        let prefix = match kind {
+            Kind::Page => encoded_len(&self.analytics_tag_id),
+            Kind::Conversion => encoded_len(&self.dct_tag_id) + "&cnv=true".len(),
+            Kind::Unspecified => 0,
+        } + self.endpoint.len()
+            + "/j/?pt=".len()
+            + encoded_len(&self.data_group_id)
+            + "&s=".len()
+            + "&t=".len();
+        let t: usize = pairs
+            .iter()
+            .map(|p| encoded_len(&p.key) + 1 + encoded_len(&p.value))
+            .sum();
+        prefix + t + pairs.len().saturating_sub(1)
+    }
 }
 
 impl Destination for OwnerIq {
@@ -98,54 +167,82 @@ impl Destination for OwnerIq {
         "OwnerIQ"
     }
 
-    fn map(&self, event: &Event) -> MapOutcome {
+    fn map(&self, event: &Event<'_>) -> MapOutcome {
         let mut pairs = Vec::new();
+        let mut props_email = None;
         let kind = match event.kind {
-            EventType::Page => Kind::Page,
+            EventType::Page => {
+                if event.email().is_none() {
+                    props_email = event.properties.and_then(|p| raw::pick(p, ["email"])[0]);
+                }
+                Kind::Page
+            }
             EventType::Track => {
                 if event.event_name().and_then(Ecommerce::from_name)
                     != Some(Ecommerce::OrderCompleted)
                 {
                     return MapOutcome::Skip("unmapped_event");
                 }
-                let props = event.object("properties");
-                let empty = Vec::new();
-                let products = props
-                    .and_then(|p| p.get("products"))
-                    .and_then(Value::as_array)
-                    .unwrap_or(&empty);
-                for (i, product) in products.iter().filter_map(Value::as_object).enumerate() {
+                let [products, order_id, order_id2, id, total, revenue, email] =
+                    event.properties.map_or([None; 7], |p| {
+                        raw::pick(
+                            p,
+                            [
+                                "products", "orderId", "order_id", "id", "total", "revenue",
+                                "email",
+                            ],
+                        )
+                    });
+                props_email = email;
+                let products = products.map(raw::elements).unwrap_or_default();
+                for (i, product) in products
+                    .into_iter()
+                    .filter(|p| raw::is_object(p))
+                    .enumerate()
+                {
                     let n = i + 1;
-                    let p = Some(product);
-                    push(&mut pairs, format!("brand_{n}"), first(p, &["brand"]));
-                    push(&mut pairs, format!("id_{n}"), first(p, &["sku"]));
-                    push(&mut pairs, format!("price_{n}"), first(p, &["price"]));
+                    let [brand, sku, price, category, quantity, name, title] = raw::pick(
+                        product,
+                        [
+                            "brand", "sku", "price", "category", "quantity", "name", "title",
+                        ],
+                    );
+                    push(&mut pairs, format!("brand_{n}"), raw::present(brand));
+                    push(&mut pairs, format!("id_{n}"), raw::present(sku));
+                    push(&mut pairs, format!("price_{n}"), raw::present(price));
                     push(
                         &mut pairs,
                         format!("product_type_{n}"),
-                        first(p, &["category"]),
+                        raw::present(category),
                     );
-                    push(&mut pairs, format!("quantity_{n}"), first(p, &["quantity"]));
-                    push(
-                        &mut pairs,
-                        format!("name_{n}"),
-                        first(p, &["name", "title"]),
-                    );
+                    push(&mut pairs, format!("quantity_{n}"), raw::present(quantity));
+                    push(&mut pairs, format!("name_{n}"), first([name, title]));
                 }
-                let order_id = first(props, &["orderId", "order_id", "id"])
-                    .filter(|v| v.as_str().is_none_or(|s| !s.trim().is_empty()));
+                // The first usable id: a blank string falls back to the next name.
+                let order_id = [order_id, order_id2, id].into_iter().find(|v| {
+                    v.is_some_and(|v| {
+                        !raw::is_null(v) && raw::as_str(v).is_none_or(|s| !s.trim().is_empty())
+                    })
+                });
                 let Some(order_id) = order_id else {
                     return MapOutcome::Reject("missing_order_id");
                 };
-                push(&mut pairs, "order_id", Some(order_id));
-                let zero = Value::from(0);
-                let total = first(props, &["total", "revenue"]).unwrap_or(&zero);
-                push(&mut pairs, "total_cost_notax", Some(total));
+                push(&mut pairs, "order_id", order_id);
+                match first([total, revenue]) {
+                    Some(total) => push(&mut pairs, "total_cost_notax", Some(total)),
+                    None => pairs.push(Pair {
+                        key: "total_cost_notax".into(),
+                        value: "0".into(),
+                    }),
+                }
                 Kind::Conversion
             }
             _ => return MapOutcome::Skip("unsupported_type"),
         };
-        match_keys(event, &mut pairs);
+        match_keys(event, props_email, &mut pairs);
+        if self.url_len(kind, &pairs) > MAX_URL_BYTES {
+            return MapOutcome::Reject("url_too_long");
+        }
         MapOutcome::Deliver(vec![Payload::Owneriq(OwnerIqHit {
             kind: kind as i32,
             pairs,
@@ -159,59 +256,35 @@ impl Destination for OwnerIq {
                 message: "record has no OwnerIQ payload".into(),
             });
         };
-        let (tag, conversion) = match Kind::try_from(hit.kind) {
-            Ok(Kind::Page) => (&self.analytics_tag_id, false),
-            Ok(Kind::Conversion) => (&self.dct_tag_id, true),
-            _ => {
-                return Err(BuildError {
-                    reason: "wrong_payload",
-                    message: format!("unknown OwnerIQ hit kind {}", hit.kind),
-                })
-            }
+        let Some(mut url) = Kind::try_from(hit.kind).ok().and_then(|k| self.prefix(k)) else {
+            return Err(BuildError {
+                reason: "wrong_payload",
+                message: format!("unknown OwnerIQ hit kind {}", hit.kind),
+            });
         };
-        let mut url = format!(
-            "{}/j/?pt={}&s={}",
-            self.endpoint,
-            encode(&self.data_group_id),
-            encode(tag)
-        );
-        if conversion {
-            url.push_str("&cnv=true");
-        }
-        url.push_str("&t=");
         for (i, pair) in hit.pairs.iter().enumerate() {
             if i > 0 {
                 url.push(',');
             }
-            let _ = write!(url, "{}|{}", encode(&pair.key), encode(&pair.value));
+            url.extend(utf8_percent_encode(&pair.key, ENCODE));
+            url.push('|');
+            url.extend(utf8_percent_encode(&pair.value, ENCODE));
+        }
+        // Settings may have changed since the record was mapped (a longer endpoint).
+        if url.len() > MAX_URL_BYTES {
+            return Err(BuildError {
+                reason: "url_too_long",
+                message: format!(
+                    "the URL would be {} bytes, the limit is {MAX_URL_BYTES}",
+                    url.len()
+                ),
+            });
         }
         Ok(HttpRequest {
-            method: "GET",
+            method: Method::Get,
             url,
             headers: common_headers(record),
             body: None,
         })
     }
-}
-
-/// Decode an OwnerIQ URL's `t` list back into pairs, the way SPEC §3 describes a decoder.
-/// Used by tests and the stub destination.
-pub fn decode_t(url: &str) -> Option<Vec<(String, String)>> {
-    let query = url.split_once('?')?.1;
-    let t = query.split('&').find_map(|kv| kv.strip_prefix("t="))?;
-    if t.is_empty() {
-        return Some(Vec::new());
-    }
-    t.split(',')
-        .map(|pair| {
-            let (k, v) = pair.split_once('|')?;
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8()
-                    .ok()
-                    .map(|c| c.into_owned())
-            };
-            Some((dec(k)?, dec(v)?))
-        })
-        .collect()
 }

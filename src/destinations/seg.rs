@@ -3,15 +3,16 @@
 //!
 //! The body is fixed at map time and stored in the record, so the bytes the stub records equal
 //! what `eventrelay map` prints; only the URL (endpoint, website id) is applied at send time.
+//! It is written directly, with `traits`, `properties` and the page fields embedded as the
+//! raw JSON text they came as: numbers, escapes and key order reach Seg exactly as sent.
 
 use super::{
     common_headers, deny_unknown, endpoint, required_str, AnswerClass, BuildError, ConfigError,
-    Destination, HttpRequest, MapOutcome,
+    Destination, HttpRequest, MapOutcome, Method,
 };
-use crate::event::{Ecommerce, Event, EventType};
+use crate::event::{raw, Ecommerce, Event, EventType};
 use crate::record::{record::Payload, Record, SegEvent};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Default Seg tracker host.
@@ -70,53 +71,86 @@ pub fn is_email(s: &str) -> bool {
         && !s.chars().any(char::is_whitespace)
 }
 
-/// The JSON body Seg receives. Borrowed from the event, so `traits` and `properties` are
-/// serialised straight from the parsed input instead of being deep-copied first.
-#[derive(Serialize, Default)]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(rename = "messageId")]
-    message_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<&'a str>,
-    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
-    user_id: Option<&'a str>,
-    #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
-    anonymous_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    email: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    traits: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    page: Option<Page<'a>>,
-    #[serde(rename = "previousId", skip_serializing_if = "Option::is_none")]
-    previous_id: Option<&'a str>,
+/// Writes a JSON object field by field: strings escaped, raw slices copied as they are.
+struct Writer {
+    out: Vec<u8>,
 }
 
-#[derive(Serialize)]
-struct Page<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a Value>,
+impl Writer {
+    fn new(capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'{');
+        Writer { out }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.key(key);
+            escape_into(&mut self.out, v);
+        }
+    }
+
+    fn raw(&mut self, key: &str, value: Option<&RawValue>) {
+        if let Some(v) = value {
+            self.key(key);
+            self.out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
 }
 
-static EMPTY_OBJECT: std::sync::LazyLock<Value> =
-    std::sync::LazyLock::new(|| Value::Object(Map::new()));
+/// Append `s` as a JSON string.
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
 
-fn present(v: Option<&Value>) -> Option<&Value> {
-    v.filter(|v| !v.is_null())
+const EMPTY_OBJECT: &str = "{}";
+
+fn empty_object() -> &'static RawValue {
+    // A constant valid JSON text: `from_string` cannot fail on it, but stay total anyway.
+    static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
+        RawValue::from_string(EMPTY_OBJECT.to_string())
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+    });
+    &EMPTY
 }
 
 impl Destination for Seg {
@@ -128,64 +162,76 @@ impl Destination for Seg {
         "Seg"
     }
 
-    fn map(&self, event: &Event) -> MapOutcome {
+    fn map(&self, event: &Event<'_>) -> MapOutcome {
         let email = event.email();
-        let mut body = Body {
-            kind: event.kind.as_str(),
-            message_id: &event.message_id,
-            timestamp: event.timestamp(),
-            user_id: event.user_id.as_deref(),
-            anonymous_id: event.anonymous_id.as_deref(),
-            email,
-            ..Default::default()
-        };
-        let props = present(event.raw.get("properties"));
+        let raw_len = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
+        let mut w = Writer::new(
+            160 + raw_len(event.properties) + raw_len(event.traits) + event.message_id.len(),
+        );
+        w.str("type", Some(event.kind.as_str()));
+        w.str("messageId", Some(&event.message_id));
+        w.str("timestamp", event.timestamp());
+        w.str("userId", event.user_id.as_deref());
+        w.str("anonymousId", event.anonymous_id.as_deref());
+        w.str("email", email);
+        let props: Option<&RawValue> = Some(match event.properties {
+            Some(p) => p,
+            None => empty_object(),
+        });
         match event.kind {
             EventType::Identify => {
                 if email.is_none() {
                     return MapOutcome::Skip("missing_email");
                 }
-                body.traits = Some(present(event.raw.get("traits")).unwrap_or(&*EMPTY_OBJECT));
+                w.raw(
+                    "traits",
+                    Some(match event.traits {
+                        Some(t) => t,
+                        None => empty_object(),
+                    }),
+                );
             }
             EventType::Track => {
                 let Some(name) = event.event_name().and_then(seg_event_name) else {
                     return MapOutcome::Skip("unmapped_event");
                 };
-                body.event = Some(name);
-                body.properties = Some(props.unwrap_or(&*EMPTY_OBJECT));
-                if let Some(page) = event.context_object("page") {
-                    let (url, title) = (present(page.get("url")), present(page.get("title")));
+                w.str("event", Some(name));
+                w.raw("properties", props);
+                if let Some(page) = event.context_page {
+                    let [url, title] = raw::pick(page, ["url", "title"]);
+                    let (url, title) = (raw::present(url), raw::present(title));
                     if url.is_some() || title.is_some() {
-                        body.page = Some(Page { url, title });
+                        w.key("page");
+                        let mut p = Writer::new(16 + raw_len(url) + raw_len(title));
+                        p.raw("url", url);
+                        p.raw("title", title);
+                        w.out.extend_from_slice(&p.finish());
                     }
                 }
             }
             EventType::Page => {
-                body.name = present(event.raw.get("name"));
-                let ctx_page = event.context_object("page");
-                let from = |key: &str| {
-                    present(props.and_then(|p| p.get(key)))
-                        .or_else(|| present(ctx_page.and_then(|p| p.get(key))))
-                };
-                body.url = from("url");
-                body.title = from("title");
-                body.properties = Some(props.unwrap_or(&*EMPTY_OBJECT));
+                w.raw("name", event.name);
+                let [p_url, p_title] = event
+                    .properties
+                    .map_or([None; 2], |p| raw::pick(p, ["url", "title"]));
+                let [c_url, c_title] = event
+                    .context_page
+                    .map_or([None; 2], |p| raw::pick(p, ["url", "title"]));
+                w.raw("url", raw::present(p_url).or(raw::present(c_url)));
+                w.raw("title", raw::present(p_title).or(raw::present(c_title)));
+                w.raw("properties", props);
             }
             EventType::Alias => {
-                let previous = event.str_field("previousId").unwrap_or_default();
+                let previous = event.previous_id.as_deref().unwrap_or_default();
                 let user = event.user_id.as_deref().unwrap_or_default();
                 if !(is_email(previous) && is_email(user)) {
                     return MapOutcome::Skip("alias_not_email");
                 }
-                body.previous_id = Some(previous);
+                w.str("previousId", Some(previous));
             }
             EventType::Screen | EventType::Group => return MapOutcome::Skip("unsupported_type"),
         }
-        match serde_json::to_vec(&body) {
-            Ok(bytes) => MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: bytes })]),
-            // Serialising borrowed JSON values cannot fail; keep the arm total anyway.
-            Err(_) => MapOutcome::Reject("unserializable"),
-        }
+        MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: w.finish() })])
     }
 
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError> {
@@ -198,7 +244,7 @@ impl Destination for Seg {
         let mut headers = vec![("Content-Type", "application/json".to_string())];
         headers.extend(common_headers(record));
         Ok(HttpRequest {
-            method: "POST",
+            method: Method::Post,
             url: format!("{}/v1/{}/events", self.endpoint, self.website_id),
             headers,
             body: Some(ev.body.clone()),

@@ -8,16 +8,17 @@ use crate::event::{Event, InvalidEvent};
 use crate::record::Source;
 use std::sync::Arc;
 
-/// The outcome of mapping one input record for every enabled destination, in order.
-pub type Mapped = Result<(Event, Vec<Routed>), InvalidEvent>;
+/// The outcome of mapping one input record for every enabled destination, in order. The
+/// event borrows from the input bytes.
+pub type Mapped<'a> = Result<(Event<'a>, Vec<Routed>), InvalidEvent>;
 
 /// Parse one input record and route it to every destination.
-pub fn map_input(
+pub fn map_input<'a>(
     dests: &[Arc<dyn Destination>],
-    bytes: &[u8],
+    bytes: &'a [u8],
     source: Option<&Source>,
     received_at_ms: i64,
-) -> Mapped {
+) -> Mapped<'a> {
     let event = Event::parse(bytes)?;
     let routed = dests
         .iter()

@@ -225,10 +225,9 @@ impl Lane {
             l.until_ready().await;
         }
         let name = self.dest.name();
-        let method = if req.method == "POST" {
-            reqwest::Method::POST
-        } else {
-            reqwest::Method::GET
+        let method = match req.method {
+            crate::destinations::Method::Post => reqwest::Method::POST,
+            crate::destinations::Method::Get => reqwest::Method::GET,
         };
         let mut rb = self.client.request(method, &req.url);
         for (k, v) in &req.headers {
