@@ -130,7 +130,9 @@ pub enum Role {
     Map,
     /// Destination topics → destination HTTP APIs.
     Send,
-    /// Both, in one process.
+    /// Segment's HTTP Tracking API → input topic (`[ingest]`).
+    Ingest,
+    /// Map and send, in one process; ingest too when `ingest.listen` is set.
     All,
 }
 

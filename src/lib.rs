@@ -7,6 +7,7 @@
 //! - [`pipeline`]: the map stage (consumer group → worker pool → destination topics);
 //! - [`sender`]: the send stage (destination topics → HTTP, retries, dead letters);
 //! - [`kafka`]: client settings, topics, the embedded cluster, offset tracking;
+//! - [`ingest`]: Segment's HTTP Tracking API writing the input topic;
 //! - [`ops`]: metrics, health, logging; [`service`]: `run`; [`stub`], [`demo`];
 //! - [`config`], [`cli`]: the TOML configuration and the command line.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod destinations;
 pub mod event;
+pub mod ingest;
 pub mod kafka;
 pub mod ops;
 pub mod pipeline;

@@ -85,6 +85,11 @@ impl Running {
                 ));
             }
         }
+        if role == Role::Ingest || (role == Role::All && cfg.ingest.listen.is_some()) {
+            let ingest = crate::ingest::Ingest::bind(cfg, &bootstrap).await?;
+            let stop = crate::ingest::until_set(stop.clone());
+            stages.push(("ingest", tokio::spawn(ingest.serve(stop))));
+        }
         if stages.is_empty() {
             return Err(anyhow!("nothing to run: no destination is configured"));
         }
