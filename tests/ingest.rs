@@ -367,3 +367,144 @@ async fn full_producer_queue_is_503_at_once() {
         "no wait for a full queue"
     );
 }
+
+/// `eventrelay run --role ingest` killed with SIGKILL while batches are being posted: every
+/// event of every request answered 200 is on the topic (the 200 waited for the broker's ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_that_was_answered_200() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    // All topics: `run` checks that the ones it uses exist (the mock has no admin API).
+    let kafka = common::cluster();
+    let b = kafka.bootstrap().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ingest.toml");
+    let log = dir.path().join("log");
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{b}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[ingest]\nlisten = \"127.0.0.1:0\"\nwrite_keys = [\"{KEY}\"]\n"
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eventrelay"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--role",
+            "ingest",
+            "--config",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn eventrelay");
+    // The bound address, from the JSON log (port 0: no race for a free port).
+    let t = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text.lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            let f = &v["fields"];
+            f["message"]
+                .as_str()?
+                .contains("ingest: serving")
+                .then(|| f["addr"].as_str().map(str::to_string))?
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "ingest did not start: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/batch");
+    let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut posters = Vec::new();
+    for _ in 0..4 {
+        let (http, url, acked, next) = (http.clone(), url.clone(), acked.clone(), next.clone());
+        posters.push(tokio::spawn(async move {
+            // Bounded: at most 2,000 requests in all; stops at the first failure (the kill).
+            loop {
+                let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if r >= 2000 {
+                    break;
+                }
+                let events: Vec<Value> = (0..50)
+                    .map(|j| {
+                        json!({"type": "track", "userId": format!("u{}", j % 9), "event": "E",
+                        "messageId": format!("k-{r}-{j}")})
+                    })
+                    .collect();
+                let body = json!({"batch": events}).to_string();
+                match http
+                    .post(&url)
+                    .basic_auth(KEY, Some(""))
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(resp) if resp.status().is_success() => acked.lock().unwrap().push(r),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    // Kill once a fair number of requests were answered, with others in flight.
+    let t = Instant::now();
+    while acked.lock().unwrap().len() < 40 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    for p in posters {
+        let _ = p.await;
+    }
+    let acked: Vec<usize> = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 40,
+        "only {} requests answered before the kill",
+        acked.len()
+    );
+    let sent = next.load(std::sync::atomic::Ordering::Relaxed).min(2000);
+    assert!(sent > acked.len(), "the kill landed after the last request");
+
+    let msgs = tokio::task::spawn_blocking(move || {
+        common::read_topic(
+            &b,
+            "segment.events",
+            usize::MAX,
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .expect("reader");
+    let on_topic: HashSet<String> = msgs
+        .iter()
+        .filter_map(|m| json_of(m)["messageId"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<String> = acked
+        .iter()
+        .flat_map(|r| (0..50).map(move |j| format!("k-{r}-{j}")))
+        .filter(|id| !on_topic.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events answered 200 are not on the topic, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "sigkill: {} requests answered 200 ({} events), all on the topic; {} events on the topic in all",
+        acked.len(),
+        acked.len() * 50,
+        on_topic.len()
+    );
+}
