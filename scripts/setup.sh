@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing eventrelay needs on a fresh Debian machine with a Rust
-# toolchain: C build tools for librdkafka, Python clients for the end-to-end tests, and the
-# tansu broker (built once with cargo, ~25 minutes, then reused).
+# toolchain: C build tools for librdkafka, Python clients for the end-to-end tests, Segment's
+# own Python and Node.js libraries for the ingest tests (tests/clients/), and the tansu broker
+# (built once with cargo, ~25 minutes, then reused). Every step is skipped when already done.
 #   scripts/setup.sh            build deps + Python clients
 #   scripts/setup.sh --tansu    also tansu
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need_apt=()
-for cmd in gcc g++ make perl python3 curl; do
+for cmd in gcc g++ make perl python3 curl node npm; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
 done
 if ((${#need_apt[@]})); then
@@ -15,15 +17,20 @@ if ((${#need_apt[@]})); then
     case "$c" in
       gcc|g++|make) pkgs+=(build-essential) ;;
       python3) pkgs+=(python3 python3-pip) ;;
+      node) pkgs+=(nodejs) ;;
       *) pkgs+=("$c") ;;
     esac
   done
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${pkgs[@]}"
 fi
-if ! python3 -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python \
-    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python
+if ! python3 -c 'import confluent_kafka, kafka, segment.analytics' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python segment-analytics-python \
+    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python segment-analytics-python
+fi
+# @segment/analytics-node for tests/e2e/segment_clients.sh, as pinned by tests/clients/package-lock.json.
+if [ ! -d "$ROOT/tests/clients/node_modules/@segment/analytics-node" ]; then
+  (cd "$ROOT/tests/clients" && npm ci --no-audit --no-fund --silent)
 fi
 if [ "${1:-}" = "--tansu" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"

@@ -26,7 +26,9 @@ pub enum Role {
     Map,
     /// Destination topics → destination HTTP APIs.
     Send,
-    /// Both, in one process.
+    /// Segment's HTTP Tracking API → input topic (`[ingest]`).
+    Ingest,
+    /// Map and send, in one process; ingest too when `ingest.listen` is set.
     All,
 }
 
@@ -74,6 +76,9 @@ impl Running {
         if matches!(role, Role::Send | Role::All) {
             running.start_senders(cfg)?;
         }
+        if role == Role::Ingest || (role == Role::All && cfg.ingest.listen.is_some()) {
+            running.start_ingest(cfg).await?;
+        }
         if running.stages.is_empty() {
             return Err(anyhow!("nothing to run: no destination is configured"));
         }
@@ -115,6 +120,19 @@ impl Running {
             });
             self.stages.push((name, handle));
         }
+        Ok(())
+    }
+
+    async fn start_ingest(&mut self, cfg: &Config) -> Result<()> {
+        let ingest = crate::ingest::Ingest::bind(cfg, &self.bootstrap).await?;
+        let token = self.shutdown.clone();
+        let ended = self.stage_ended.clone();
+        let handle = tokio::spawn(async move {
+            let r = ingest.serve(token.cancelled_owned()).await;
+            ended.cancel();
+            r
+        });
+        self.stages.push(("ingest", handle));
         Ok(())
     }
 

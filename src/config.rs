@@ -28,6 +28,9 @@ pub struct Config {
     /// `[map]`: the map stage's worker pool.
     #[serde(default)]
     pub map: MapConfig,
+    /// `[ingest]`: the Segment-compatible HTTP tracking API (off unless `listen` is set).
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// `[destinations.<name>]`: a destination with no section is off.
     #[serde(default)]
     pub destinations: BTreeMap<String, toml::Table>,
@@ -168,6 +171,40 @@ impl MapConfig {
                 .unwrap_or(2)
         } else {
             self.workers
+        }
+    }
+}
+
+/// `[ingest]`: Segment's HTTP Tracking API in front of the input topic, so that Segment's own
+/// client libraries can point their `host` option at eventrelay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address of the HTTP listener; absent means no ingest (`--role all` then skips it).
+    pub listen: Option<String>,
+    /// Accepted write keys (HTTP Basic user name, or `writeKey` in the body); any other → 401.
+    pub write_keys: Vec<String>,
+    /// Largest event, in bytes, as written to the input topic (Segment: 32 KB). Kept equal to
+    /// the map stage's limit so nothing answered 200 is later dead-lettered for its size.
+    pub max_event_bytes: usize,
+    /// Largest request body after gzip decoding (Segment: 500 KB per batch).
+    pub max_batch_bytes: usize,
+    /// How long the broker has to acknowledge an event (librdkafka `message.timeout.ms`);
+    /// past it the request gets 503 and the client retries.
+    pub ack_timeout_ms: u64,
+    /// Seconds a 503 (producer queue full, broker unreachable) asks clients to wait.
+    pub retry_after_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: None,
+            write_keys: Vec::new(),
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
+            max_batch_bytes: 500 * 1024,
+            ack_timeout_ms: 30_000,
+            retry_after_secs: 5,
         }
     }
 }
@@ -402,6 +439,24 @@ impl Config {
         if self.map.max_in_flight == 0 {
             bail!("invalid configuration: map.max_in_flight must be at least 1");
         }
+        let ing = &self.ingest;
+        if let Some(listen) = &ing.listen {
+            listen.parse::<SocketAddr>().with_context(|| {
+                format!("invalid configuration: ingest.listen {listen:?} is not an address like 127.0.0.1:8088")
+            })?;
+            if ing.write_keys.iter().all(|k| k.trim().is_empty()) {
+                bail!("invalid configuration: ingest.write_keys must list at least one key when ingest.listen is set");
+            }
+        }
+        if ing.write_keys.iter().any(|k| k.trim().is_empty()) {
+            bail!("invalid configuration: ingest.write_keys must not contain an empty key");
+        }
+        if ing.max_event_bytes == 0 || ing.max_batch_bytes < ing.max_event_bytes {
+            bail!("invalid configuration: ingest.max_batch_bytes must be at least ingest.max_event_bytes (> 0)");
+        }
+        if ing.ack_timeout_ms == 0 {
+            bail!("invalid configuration: ingest.ack_timeout_ms must be at least 1");
+        }
         self.destinations()?;
         Ok(())
     }
@@ -495,6 +550,9 @@ mod tests {
         )
         .contains("destinations.seg.websiteid"));
         assert!(err("[metrics]\nlisten = \"here\"").contains("metrics.listen"));
+        assert!(err("[ingest]\nlistenn = \"127.0.0.1:1\"").contains("listenn"));
+        assert!(err("[ingest]\nlisten = \"nope\"\nwrite_keys=[\"k\"]").contains("ingest.listen"));
+        assert!(err("[ingest]\nlisten = \"127.0.0.1:0\"").contains("ingest.write_keys"));
         assert!(err("[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=0")
             .contains("destinations.seg.concurrency"));
     }

@@ -9,6 +9,7 @@
 //! - `sender`: the send stage (destination topics → HTTP, retries, dead letters);
 //! - `kafka`: client presets, topics, the embedded cluster, the offset tracker, the one stage
 //!   consumer both stages run, and the `eventrelay.*` [`headers`];
+//! - [`ingest`]: Segment's HTTP Tracking API writing the input topic;
 //! - [`ops`]: metrics, health, and the offset tools `replay` and `redrive`;
 //! - [`app`]: roles, the runtime and the shutdown token; [`tester`]: `eventrelay map`;
 //! - `demo`, and [`testkit`] (the stub destination and sample events; never on the service
@@ -21,6 +22,7 @@ pub mod config;
 mod demo;
 pub mod destinations;
 pub mod event;
+pub mod ingest;
 mod kafka;
 pub mod ops;
 mod pipeline;
