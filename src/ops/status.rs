@@ -464,25 +464,45 @@ struct BrokerPart {
     dead_letters: Vec<DeadLetterStatus>,
 }
 
-/// The consumer groups eventrelay uses, with their topic, stage and destination.
-pub fn groups_of(cfg: &Config) -> Result<Vec<(String, String, &'static str, Option<String>)>> {
+/// One consumer group eventrelay uses, and what it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    /// Consumer group.
+    pub group: String,
+    /// Topic it reads.
+    pub topic: String,
+    /// `map`, `send` or `retry`.
+    pub stage: &'static str,
+    /// Destination, for send and retry groups.
+    pub destination: Option<String>,
+}
+
+/// The consumer groups eventrelay uses: the map group on the input topic, and per destination
+/// `<group_id>.send.<d>` on `dest.<d>` and `<group_id>.send.<d>.retry` on `dest.<d>.retry`
+/// (the names `sender` joins with).
+pub fn groups_of(cfg: &Config) -> Result<Vec<GroupRef>> {
     let k = &cfg.kafka;
-    let mut out = vec![(k.group_id.clone(), k.input_topic.clone(), "map", None)];
+    let mut out = vec![GroupRef {
+        group: k.group_id.clone(),
+        topic: k.input_topic.clone(),
+        stage: "map",
+        destination: None,
+    }];
     for d in cfg.destinations()? {
         let n = d.dest.name();
         let send = format!("{}.send.{n}", k.group_id);
-        out.push((
-            send.clone(),
-            k.destination_topic(n),
-            "send",
-            Some(n.to_string()),
-        ));
-        out.push((
-            format!("{send}.retry"),
-            k.retry_topic(n),
-            "retry",
-            Some(n.to_string()),
-        ));
+        out.push(GroupRef {
+            group: send.clone(),
+            topic: k.destination_topic(n),
+            stage: "send",
+            destination: Some(n.to_string()),
+        });
+        out.push(GroupRef {
+            group: format!("{send}.retry"),
+            topic: k.retry_topic(n),
+            stage: "retry",
+            destination: Some(n.to_string()),
+        });
     }
     Ok(out)
 }
@@ -535,7 +555,13 @@ fn read_brokers(cfg: &Config, scan: usize) -> BrokerPart {
             None
         }
     };
-    for (group, topic, stage, destination) in groups {
+    for GroupRef {
+        group,
+        topic,
+        stage,
+        destination,
+    } in groups
+    {
         let mut g = GroupStatus {
             group: group.clone(),
             topic: topic.clone(),
@@ -1031,16 +1057,8 @@ impl StatusReport {
         }
         if !self.groups.is_empty() {
             out.push_str(&format!(
-                "{:<32} {:<20} {:<12} {:>7} {:>9} {:>10} {:>10} {:>10} {:>8}\n",
-                "GROUP",
-                "TOPIC",
-                "STATE",
-                "MEMBERS",
-                "PARTITION",
-                "COMMITTED",
-                "LOG-END",
-                "LAG",
-                ""
+                "{:<32} {:<20} {:<12} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
+                "GROUP", "TOPIC", "STATE", "MEMBERS", "PARTITION", "COMMITTED", "LOG-END", "LAG",
             ));
         }
         for g in &self.groups {
@@ -1095,6 +1113,9 @@ impl StatusReport {
                 .map(|(r, n)| format!("{r}:{n}"))
                 .collect::<Vec<_>>()
                 .join(" ");
+            if reasons.is_empty() {
+                reasons.push('-');
+            }
             if d.truncated {
                 reasons.push_str(&format!(
                     " (read {} of {}: truncated)",
