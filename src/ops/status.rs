@@ -425,12 +425,23 @@ async fn scrape_all(client: &reqwest::Client, urls: &[String]) -> Scrapes {
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> std::result::Result<Vec<Sample>, String> {
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| chain(&e))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }
     let text = resp.text().await.map_err(|e| e.to_string())?;
     Ok(parse_metrics(&text))
+}
+
+/// An error with its causes: reqwest's own message hides "connection refused" in its source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }
 
 /// `/readyz` of each endpoint (same host and port as its `/metrics`).
@@ -1097,6 +1108,9 @@ impl StatusReport {
                     ""
                 }
             ));
+        }
+        if self.dead_letters.is_empty() {
+            return out;
         }
         out.push_str(&format!(
             "\nDEAD LETTERS: reasons of the newest {} per partition\n{:<22} {:>9} {:>9}  {}\n",
