@@ -1,4 +1,4 @@
-//! The command line: `map`, `run`, `demo`, `stub`, `replay`, `redrive` (SPEC §6).
+//! The command line: `map`, `run`, `demo`, `stub`, `replay`, `redrive`, `status` (SPEC §6).
 
 use crate::app::Role;
 use crate::config::Config;
@@ -121,6 +121,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: crate::ops::Output,
     },
+    /// One screen for an operator: lag per group, circuit and recent deliveries per
+    /// destination, dead letters by reason.
+    Status {
+        /// Config file (Kafka connection, destinations, metrics.listen).
+        #[arg(long)]
+        config: PathBuf,
+        /// Metrics endpoint (HOST:PORT or URL) instead of metrics.listen; repeat for several
+        /// processes (map and send run apart).
+        #[arg(long = "metrics")]
+        metrics: Vec<String>,
+        /// Seconds between the two reads of the delivery counters (0: one read, totals only).
+        #[arg(long, default_value_t = crate::ops::status::DEFAULT_WINDOW_SECS)]
+        window_secs: f64,
+        /// Newest dead letters read per partition to count their reasons.
+        #[arg(long, default_value_t = crate::ops::status::DEFAULT_SCAN_PER_PARTITION)]
+        scan: usize,
+        /// Print a table (text) or one JSON document (json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: crate::ops::Output,
+    },
     /// The whole system on one machine: embedded Kafka, stand-in destinations, sample events.
     Demo {
         /// How many times to send the sample events (each copy with fresh messageIds).
@@ -212,6 +232,24 @@ pub fn main() -> i32 {
                 },
             )?;
             crate::ops::print_report(output, &report, crate::ops::redrive::RedriveReport::to_text)
+        })(),
+        Command::Status {
+            config,
+            metrics,
+            window_secs,
+            scan,
+            output,
+        } => (|| {
+            let cfg = Config::load(Some(&config))?;
+            let window = std::time::Duration::try_from_secs_f64(window_secs)
+                .map_err(|_| anyhow::anyhow!("--window-secs must be 0 or more"))?;
+            let args = crate::ops::status::StatusArgs {
+                metrics,
+                window,
+                scan_per_partition: scan,
+            };
+            let report = crate::app::runtime()?.block_on(crate::ops::status::run(&cfg, &args))?;
+            crate::ops::print_report(output, &report, crate::ops::status::StatusReport::to_text)
         })(),
         Command::Stub {
             listen,

@@ -1,8 +1,10 @@
-//! Operations: Prometheus metrics, `/healthz` and `/readyz`, logging set-up, and the offset
-//! tools (`replay`, `redrive`) operators use when something went wrong.
+//! Operations: Prometheus metrics, `/healthz` and `/readyz`, logging set-up, the offset
+//! tools (`replay`, `redrive`) operators use when something went wrong, and `status`, which
+//! tells them what went wrong.
 
 pub mod redrive;
 pub mod replay;
+pub mod status;
 
 use crate::kafka::GroupObserver;
 use anyhow::{Context, Result};
@@ -117,6 +119,11 @@ fn describe() {
     describe_gauge!(
         "eventrelay_consumer_lag",
         "Consumer lag in records, from librdkafka statistics."
+    );
+    describe_gauge!(
+        "eventrelay_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the last delivery to the destination succeeded (Unix time)."
     );
 }
 

@@ -147,6 +147,19 @@ impl Progress {
         offset < self.next || self.copied.iter().any(|(s, e)| *s <= offset && offset < *e)
     }
 
+    /// How many offsets in `low..high` were copied. `eventrelay status` subtracts it from a
+    /// dead-letter topic's depth, since a redrive copies and never deletes: without it a
+    /// redriven DLQ would look exactly as full as before.
+    pub fn copied_in(&self, low: i64, high: i64) -> i64 {
+        let below = (self.next.min(high) - low).max(0);
+        below
+            + self
+                .copied
+                .iter()
+                .map(|(s, e)| ((*e).min(high) - (*s).max(low)).max(0))
+                .sum::<i64>()
+    }
+
     /// Whether `offset` can be recorded without remembering more than [`MAX_RANGES`] ranges.
     pub fn has_room_for(&self, offset: i64) -> bool {
         let mut p = self.clone();
@@ -734,6 +747,18 @@ mod tests {
         p.record(11);
         p.record(10);
         assert_eq!(p, Progress::new(14));
+    }
+
+    #[test]
+    fn copied_in_counts_copies_inside_the_range() {
+        let mut p = Progress::new(10);
+        p.record(15);
+        p.record(16);
+        p.record(20);
+        assert_eq!(p.copied_in(0, 100), 13, "0..10, 15, 16, 20");
+        assert_eq!(p.copied_in(5, 16), 6, "5..10 and 15");
+        assert_eq!(p.copied_in(11, 15), 0);
+        assert_eq!(Progress::new(0).copied_in(0, 50), 0);
     }
 
     #[test]

@@ -99,6 +99,9 @@ struct LaneMetrics {
     duration: metrics::Histogram,
     end_to_end: metrics::Histogram,
     success: metrics::Counter,
+    /// When the last delivery succeeded (Unix seconds), so `eventrelay status` and alerts can
+    /// tell "quiet" from "stuck" without a log search.
+    last_success: metrics::Gauge,
     /// `eventrelay_delivery_attempts_total` by status 100..=599, registered on first use.
     by_status: Vec<std::sync::OnceLock<metrics::Counter>>,
 }
@@ -109,6 +112,7 @@ impl LaneMetrics {
             duration: metrics::histogram!("eventrelay_delivery_duration_seconds", "destination" => name),
             end_to_end: metrics::histogram!("eventrelay_end_to_end_latency_seconds", "destination" => name),
             success: metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => "success"),
+            last_success: metrics::gauge!("eventrelay_last_success_timestamp_seconds", "destination" => name),
             by_status: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
@@ -385,6 +389,7 @@ impl Lane {
             Ok(()) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.success.increment(1);
+                self.metrics.last_success.set(now_millis() as f64 / 1000.0);
                 if record.received_at_ms > 0 {
                     let latency = (now_millis() - record.received_at_ms).max(0) as f64 / 1000.0;
                     self.metrics.end_to_end.record(latency);
