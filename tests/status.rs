@@ -124,7 +124,7 @@ async fn a_lagging_group_and_an_open_circuit_show_up() {
     assert!(r
         .groups
         .iter()
-        .any(|g| g.group == "eventrelay.send.seg.retry" && g.topic == "dest.seg.retry"));
+        .any(|g| g.group == "eventrelay.send.seg.retry.500ms" && g.topic == "dest.seg.retry.500ms"));
 
     // OwnerIQ: delivered everything, circuit closed, a last success.
     let oiq = dest(&r, "owneriq");
