@@ -50,6 +50,8 @@ pub struct Running {
     pub send_stats: Arc<SendStats>,
     /// Where `/metrics` is served.
     pub metrics_addr: SocketAddr,
+    /// Where the ingest API listens, when this process runs it.
+    pub ingest_addr: Option<SocketAddr>,
     stages: Vec<(&'static str, JoinHandle<Result<()>>)>,
 }
 
@@ -68,6 +70,7 @@ impl Running {
             map_stats: Arc::new(MapStats::default()),
             send_stats: Arc::new(SendStats::default()),
             metrics_addr,
+            ingest_addr: None,
             stages: Vec::new(),
         };
         if matches!(role, Role::Map | Role::All) {
@@ -125,6 +128,7 @@ impl Running {
 
     async fn start_ingest(&mut self, cfg: &Config) -> Result<()> {
         let ingest = crate::ingest::Ingest::bind(cfg, &self.bootstrap).await?;
+        self.ingest_addr = Some(ingest.local_addr());
         let token = self.shutdown.clone();
         let ended = self.stage_ended.clone();
         let handle = tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! `eventrelay demo`: the whole system on one machine with nothing installed — embedded Kafka,
-//! the stub destinations (with a fault window, so retries show), the sample events from
-//! `examples/`, live progress, and a summary table at the end.
+//! the ingest API (the sample events from `examples/` arrive through `/v1/batch`, the way
+//! Segment's libraries send them), the stub destinations (with a fault window, so retries
+//! show), live progress, and a summary table at the end.
 
 use crate::app::{runtime, Role, Running};
 use crate::config::Config;
@@ -12,11 +13,75 @@ use anyhow::{bail, Result};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// What the demo wrote to the input topic, and how.
+struct Sent {
+    ingested: usize,
+    raw: usize,
+}
+
+/// The demo's write key (HTTP Basic user name, as Segment's libraries send it).
+const WRITE_KEY: &str = "demo-write-key";
+
+/// Send the sample events the way Segment's libraries do: `POST /v1/batch` with the write key
+/// as the Basic user name, 100 events per batch. Lines that are not JSON cannot come from a
+/// library; they are written straight to the input topic, as a broken producer would, so the
+/// summary shows the dead-letter path too.
+async fn send_through_ingest(
+    running: &Running,
+    cfg: &Config,
+    events: Vec<Vec<u8>>,
+) -> Result<Sent> {
+    let addr = running
+        .ingest_addr
+        .ok_or_else(|| anyhow::anyhow!("the demo runs ingest"))?;
+    let (json, raw): (Vec<Vec<u8>>, Vec<Vec<u8>>) = events
+        .into_iter()
+        .partition(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok_and(|v| v.is_object()));
+    let client = reqwest::Client::new();
+    for chunk in json.chunks(100) {
+        let batch: Vec<serde_json::Value> = chunk
+            .iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        let resp = client
+            .post(format!("http://{addr}/v1/batch"))
+            .basic_auth(WRITE_KEY, Some(""))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::json!({ "batch": batch }).to_string())
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!(
+                "ingest answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+    }
+    let (k, b, topic) = (
+        cfg.kafka.clone(),
+        running.bootstrap.clone(),
+        cfg.kafka.input_topic.clone(),
+    );
+    let n_raw = raw.len();
+    tokio::task::spawn_blocking(move || {
+        produce_lines(&k, &b, &topic, raw.iter().map(Vec::as_slice))
+    })
+    .await??;
+    Ok(Sent {
+        ingested: json.len(),
+        raw: n_raw,
+    })
+}
+
 fn demo_config(stub_url: &str) -> Result<Config> {
     Config::from_toml(&format!(
         r#"
 [metrics]
 listen = "127.0.0.1:0"
+[ingest]
+listen = "127.0.0.1:0"
+write_keys = ["{WRITE_KEY}"]
 [destinations.owneriq]
 endpoint = "{stub_url}"
 data_group_id = "9nfdft"
@@ -49,12 +114,9 @@ pub fn run(repeat: usize) -> Result<()> {
         );
         let events = sample_events(repeat);
         let total = events.len() as u64;
-        let (k, b, topic) = (cfg.kafka.clone(), running.bootstrap.clone(), cfg.kafka.input_topic.clone());
-        let produced = tokio::task::spawn_blocking(move || {
-            produce_lines(&k, &b, &topic, events.iter().map(Vec::as_slice))
-        })
-        .await??;
-        eprintln!("produced {produced} sample events to {}", cfg.kafka.input_topic);
+        let sent = send_through_ingest(&running, &cfg, events).await?;
+        eprintln!("sent {} sample events through ingest (/v1/batch, batches of 100) and wrote {} lines that are not JSON straight to {}",
+            sent.ingested, sent.raw, cfg.kafka.input_topic);
         // A fault window: Seg answers 503 to 30% of requests for the next 4 seconds (the
         // consumer groups take a few seconds to form), so the summary shows retries recover.
         stub.inject(Fault {

@@ -384,3 +384,57 @@ fn exactly_once_after_sigkill_and_restart() {
         c.out.len()
     );
 }
+
+#[test]
+fn a_repeated_message_id_is_delivered_once_and_a_replay_delivers_again() {
+    let kafka = cluster();
+    let b = kafka.bootstrap();
+    let mut cfg = config(b, "http://127.0.0.1:9", "", "");
+    let mut input = events(200, 20);
+    // A client retried the first 20 events: same bytes, later offsets.
+    let again: Vec<Vec<u8>> = input[..20].to_vec();
+    input.extend(again);
+    produce(&cfg, b, "segment.events", &input);
+    let stage = start(&cfg, b);
+    let out = read_topic(
+        b,
+        "dest.seg",
+        usize::MAX,
+        Duration::from_secs(4),
+        Duration::from_secs(60),
+    );
+    wait_for(
+        "all 220 input records mapped",
+        Duration::from_secs(30),
+        || stage.stats.processed.load(Ordering::Relaxed) >= 220,
+    );
+    let dup = stage
+        .stats
+        .outcomes()
+        .get(&("seg", eventrelay::DestOutcome::Skipped("duplicate")))
+        .copied()
+        .unwrap_or(0);
+    stage.stop();
+    let counts = message_counts(&out);
+    assert_eq!(counts.len(), 200, "every event once");
+    assert!(counts.values().all(|c| *c == 1), "no duplicate delivered");
+    assert_eq!(dup, 20, "the 20 repeats are skipped as duplicate");
+    // A replay (the input read again from the start, here by a fresh group) delivers the
+    // originals again and skips the repeats again.
+    cfg.kafka.group_id = "replayed".into();
+    let stage = start(&cfg, b);
+    let out = read_topic(
+        b,
+        "dest.seg",
+        400,
+        Duration::from_secs(4),
+        Duration::from_secs(60),
+    );
+    stage.stop();
+    let counts = message_counts(&out);
+    assert_eq!(counts.len(), 200);
+    assert!(
+        counts.values().all(|c| *c == 2),
+        "each original delivered once more"
+    );
+}
