@@ -105,14 +105,17 @@ impl KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz`.
+    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz`, `/deliveries`.
     pub listen: String,
+    /// Delivery attempts `/deliveries` keeps per destination (memory bound; 0 keeps none).
+    pub deliveries_kept: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+            deliveries_kept: crate::ops::deliveries::DEFAULT_KEPT,
         }
     }
 }
@@ -348,6 +351,7 @@ impl Config {
                 self.metrics.listen
             )
         })?;
+        crate::ops::deliveries::check_kept(self.metrics.deliveries_kept)?;
         if self.map.max_in_flight == 0 {
             bail!("invalid configuration: map.max_in_flight must be at least 1");
         }
@@ -416,6 +420,7 @@ mod tests {
         )
         .contains("destinations.seg.websiteid"));
         assert!(err("[metrics]\nlisten = \"here\"").contains("metrics.listen"));
+        assert!(err("[metrics]\ndeliveries_kept = 1000000").contains("metrics.deliveries_kept"));
         assert!(err("[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=0")
             .contains("destinations.seg.concurrency"));
     }
