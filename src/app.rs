@@ -61,11 +61,15 @@ impl Running {
         let health = Arc::new(Health::default());
         let deliveries = Arc::new(if matches!(role, Role::Send | Role::All) {
             let dests = cfg.destinations()?;
-            DeliveryLog::new(dests.iter().map(|d| d.dest.name()), cfg.metrics.deliveries_kept)
+            DeliveryLog::new(
+                dests.iter().map(|d| d.dest.name()),
+                cfg.metrics.deliveries_kept,
+            )
         } else {
             DeliveryLog::default()
         });
-        let metrics_addr = ops::serve(&cfg.metrics.listen, health.clone(), deliveries.clone()).await?;
+        let metrics_addr =
+            ops::serve(&cfg.metrics.listen, health.clone(), deliveries.clone()).await?;
         let mut running = Running {
             bootstrap,
             embedded,

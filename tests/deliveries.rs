@@ -42,9 +42,11 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
     let running = Running::start(&cfg, Role::All).await.unwrap();
     let base = format!("http://{}", running.metrics_addr);
     let h = running.health.clone();
-    wait_for("consumer groups to form", Duration::from_secs(60), move || {
-        h.assigned.load(std::sync::atomic::Ordering::Relaxed) >= 20
-    })
+    wait_for(
+        "consumer groups to form",
+        Duration::from_secs(60),
+        move || h.assigned.load(std::sync::atomic::Ordering::Relaxed) >= 20,
+    )
     .await;
     // Seg answers 400 to user-3's requests only.
     stub.inject(Fault {
@@ -82,15 +84,27 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
         assert_eq!(a["outcome"], "dead_letter", "{a}");
         assert_eq!(a["method"], "POST", "{a}");
         assert!(a["error"].as_str().unwrap().starts_with("HTTP 400"), "{a}");
-        assert!(a["url"].as_str().unwrap().starts_with("http://***@127.0.0.1:"), "{a}");
+        assert!(
+            a["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://***@127.0.0.1:"),
+            "{a}"
+        );
     }
     let text = page.to_string();
     assert!(
         !text.contains("s3cr3t") && !text.contains("relay:"),
         "no credentials in the view: {text}"
     );
-    let seqs: Vec<u64> = attempts.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {seqs:?}");
+    let seqs: Vec<u64> = attempts
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
 
     // Everything, and a limit.
     let (_, all) = get(&format!("{base}/deliveries?destination=seg&limit=10")).await;
@@ -100,7 +114,10 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
         .unwrap()
         .iter()
         .any(|a| a["outcome"] == "success"));
-    let (_, oiq) = get(&format!("{base}/deliveries?destination=owneriq&failed=true")).await;
+    let (_, oiq) = get(&format!(
+        "{base}/deliveries?destination=owneriq&failed=true"
+    ))
+    .await;
     assert_eq!(oiq["attempts"].as_array().unwrap().len(), 0, "{oiq}");
     // An unknown destination.
     let (code, err) = get(&format!("{base}/deliveries?destination=nope")).await;
@@ -117,9 +134,14 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
     let mut out = Vec::new();
     let b = base.clone();
     let follow = async {
-        tail(&b, &args, &mut out, tokio::time::sleep(Duration::from_secs(3)))
-            .await
-            .unwrap();
+        tail(
+            &b,
+            &args,
+            &mut out,
+            tokio::time::sleep(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
     };
     // While it follows, one more failed attempt arrives (a new user-3 event).
     let more = async {
@@ -130,7 +152,12 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
             .find(|v| v["userId"] == "user-3")
             .unwrap();
         late["messageId"] = "late-1".into();
-        produce(&cfg, kafka.bootstrap(), "segment.events", &[late.to_string().into_bytes()]);
+        produce(
+            &cfg,
+            kafka.bootstrap(),
+            "segment.events",
+            &[late.to_string().into_bytes()],
+        );
     };
     tokio::join!(follow, more);
     let printed: Vec<Value> = String::from_utf8(out)
@@ -148,9 +175,16 @@ async fn failed_deliveries_are_shown_masked_and_tail_follows_them() {
     sorted.sort();
     want.sort();
     assert_eq!(sorted, want, "each failed attempt once: {ids:?}");
-    assert_eq!(ids.last(), Some(&"late-1"), "oldest first, new ones followed");
+    assert_eq!(
+        ids.last(),
+        Some(&"late-1"),
+        "oldest first, new ones followed"
+    );
     let seqs: Vec<u64> = printed.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {seqs:?}"
+    );
 
     // An unknown destination stops `tail` with the endpoint's error.
     let bad = TailArgs {

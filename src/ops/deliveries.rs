@@ -716,7 +716,11 @@ mod tests {
             message_id: id,
             method: "POST",
             url: "https://seg.example.com/v1/site/events",
-            status: Some(if outcome == Outcome::Success { 200 } else { 400 }),
+            status: Some(if outcome == Outcome::Success {
+                200
+            } else {
+                400
+            }),
             error_class: None,
             latency: Duration::from_micros(1500),
             attempt: 1,
@@ -755,7 +759,11 @@ mod tests {
             },
             "t",
         );
-        assert_eq!(ids(&p), ["m-4"], "after: only those not seen (m-4 is seq 5)");
+        assert_eq!(
+            ids(&p),
+            ["m-4"],
+            "after: only those not seen (m-4 is seq 5)"
+        );
     }
 
     #[test]
@@ -865,7 +873,11 @@ mod tests {
                 .collect()
         };
         let page = log
-            .answer(&q(&[("destination", "seg"), ("failed", "true"), ("limit", "5")]))
+            .answer(&q(&[
+                ("destination", "seg"),
+                ("failed", "true"),
+                ("limit", "5"),
+            ]))
             .unwrap();
         assert_eq!(ids(&page), ["m-1"]);
         let code = |pairs: &[(&str, &str)]| log.answer(&q(pairs)).unwrap_err().0;

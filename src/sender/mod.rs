@@ -21,9 +21,7 @@ use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin, RetryState};
 use crate::kafka::{
     producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
 };
-use crate::ops::deliveries::{
-    answer_snippet, AttemptInput, DeliveryLog, DestinationLog, Outcome,
-};
+use crate::ops::deliveries::{answer_snippet, AttemptInput, DeliveryLog, DestinationLog, Outcome};
 use crate::record::Record;
 use anyhow::{anyhow, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -416,7 +414,14 @@ impl Lane {
                     None => break Err(e),
                 },
             };
-            self.note(&record, &req, attempts, Err(&e), latency, Outcome::InPlaceRetry);
+            self.note(
+                &record,
+                &req,
+                attempts,
+                Err(&e),
+                latency,
+                Outcome::InPlaceRetry,
+            );
             if let Some(delay) = delay {
                 self.counts.retried.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(e.retry_after.map_or(delay, |ra| ra.max(delay))).await;
@@ -430,7 +435,14 @@ impl Lane {
             }
             Err(_) => Outcome::Retry,
         };
-        self.note(&record, &req, attempts, result.as_ref().copied(), latency, outcome);
+        self.note(
+            &record,
+            &req,
+            attempts,
+            result.as_ref().copied(),
+            latency,
+            outcome,
+        );
         match result {
             Ok(_) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
