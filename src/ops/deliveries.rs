@@ -890,6 +890,44 @@ mod tests {
         assert!(msg.contains("owneriq, seg"), "{msg}");
     }
 
+    /// The hot-path cost of `record`: `cargo test --release --lib -- --ignored record_cost
+    /// --nocapture` (one thread, then 4 threads on one ring).
+    #[test]
+    #[ignore]
+    fn record_cost() {
+        let url = "https://tracker.segapp.com/v1/abc8fb18-7559-4324-9921-a4b5015b4a1c/events";
+        let log = Arc::new(DestinationLog::new("seg", DEFAULT_KEPT));
+        let one = |log: &DestinationLog, n: usize| {
+            for i in 0..n {
+                log.record(AttemptInput {
+                    message_id: "0b1a2c3d-4e5f-6789-abcd-ef0123456789",
+                    url,
+                    attempt: i as u32,
+                    error: None,
+                    ..input("", Outcome::Success)
+                });
+            }
+        };
+        let n = 1_000_000;
+        let t = std::time::Instant::now();
+        one(&log, n);
+        eprintln!(
+            "1 thread: {:.0} ns/record",
+            t.elapsed().as_nanos() as f64 / n as f64
+        );
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| one(&log, n / 4));
+            }
+        });
+        eprintln!(
+            "4 threads: {:.0} ns/record",
+            t.elapsed().as_nanos() as f64 / n as f64
+        );
+        assert_eq!(log.len(), DEFAULT_KEPT);
+    }
+
     #[test]
     fn answer_snippets_are_short_and_one_line() {
         assert_eq!(answer_snippet(b""), None);
