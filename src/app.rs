@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::kafka::{all_topics, ensure_topics, Embedded, GroupObserver};
+use crate::ops::deliveries::DeliveryLog;
 use crate::ops::{self, Health};
 use crate::pipeline::stage::{run_map_stage, MapStats};
 use crate::sender::{run_send_stage, SendStats};
@@ -48,6 +49,8 @@ pub struct Running {
     pub map_stats: Arc<MapStats>,
     /// Send stage counts.
     pub send_stats: Arc<SendStats>,
+    /// The last delivery attempts per destination (`/deliveries`).
+    pub deliveries: Arc<DeliveryLog>,
     /// Where `/metrics` is served.
     pub metrics_addr: SocketAddr,
     /// Where the ingest API listens, when this process runs it.
@@ -60,7 +63,17 @@ impl Running {
     pub async fn start(cfg: &Config, role: Role) -> Result<Running> {
         let (bootstrap, embedded) = connect(cfg).await?;
         let health = Arc::new(Health::default());
-        let metrics_addr = ops::serve(&cfg.metrics.listen, health.clone()).await?;
+        let deliveries = Arc::new(if matches!(role, Role::Send | Role::All) {
+            let dests = cfg.destinations()?;
+            DeliveryLog::new(
+                dests.iter().map(|d| d.dest.name()),
+                cfg.metrics.deliveries_kept,
+            )
+        } else {
+            DeliveryLog::default()
+        });
+        let metrics_addr =
+            ops::serve(&cfg.metrics.listen, health.clone(), deliveries.clone()).await?;
         let mut running = Running {
             bootstrap,
             embedded,
@@ -69,6 +82,7 @@ impl Running {
             health,
             map_stats: Arc::new(MapStats::default()),
             send_stats: Arc::new(SendStats::default()),
+            deliveries,
             metrics_addr,
             ingest_addr: None,
             stages: Vec::new(),
@@ -115,9 +129,10 @@ impl Running {
                 self.send_stats.clone(),
             );
             let observer: Arc<dyn GroupObserver> = self.health.clone();
+            let deliveries = self.deliveries.clone();
             let ended = self.stage_ended.clone();
             let handle = tokio::spawn(async move {
-                let r = run_send_stage(&cfg, &b, d, token, stats, observer).await;
+                let r = run_send_stage(&cfg, &b, d, token, stats, observer, deliveries).await;
                 ended.cancel();
                 r
             });

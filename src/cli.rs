@@ -1,4 +1,5 @@
-//! The command line: `map`, `run`, `demo`, `stub`, `replay`, `redrive`, `status` (SPEC §6).
+//! The command line: `map`, `run`, `tail`, `demo`, `stub`, `replay`, `redrive`, `status`
+//! (SPEC §6).
 
 use crate::app::Role;
 use crate::config::Config;
@@ -36,6 +37,25 @@ pub enum Command {
         /// Which stages to run.
         #[arg(long, value_enum, default_value = "all")]
         role: Role,
+    },
+    /// Follow the last delivery attempts of a destination (the ops endpoint's `/deliveries`)
+    /// until Ctrl-C.
+    Tail {
+        /// Config file of the process to follow (its `metrics.listen`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Destination whose attempts to show (e.g. `seg`, `owneriq`).
+        #[arg(long)]
+        destination: String,
+        /// Only attempts that did not succeed.
+        #[arg(long)]
+        failed: bool,
+        /// One line per attempt (text) or one JSON object per line (json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: crate::ops::Output,
+        /// How often to ask, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
     /// Stand-in HTTP server for both destinations (checks shape, records, injects faults).
     Stub {
@@ -168,6 +188,23 @@ pub fn main() -> i32 {
             ))
         }),
         Command::Demo { repeat } => crate::demo::run(repeat),
+        Command::Tail {
+            config,
+            destination,
+            failed,
+            output,
+            interval_ms,
+        } => Config::load(Some(&config)).and_then(|cfg| {
+            crate::ops::deliveries::run_tail(
+                &cfg,
+                &crate::ops::deliveries::TailArgs {
+                    destination,
+                    failed,
+                    output,
+                    interval: std::time::Duration::from_millis(interval_ms.max(100)),
+                },
+            )
+        }),
         Command::Replay {
             config,
             group,

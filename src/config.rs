@@ -124,14 +124,17 @@ pub fn tier_label(d: Duration) -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz`.
+    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz`, `/deliveries`.
     pub listen: String,
+    /// Delivery attempts `/deliveries` keeps per destination (memory bound; 0 keeps none).
+    pub deliveries_kept: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+            deliveries_kept: crate::ops::deliveries::DEFAULT_KEPT,
         }
     }
 }
@@ -436,6 +439,7 @@ impl Config {
                 self.metrics.listen
             )
         })?;
+        crate::ops::deliveries::check_kept(self.metrics.deliveries_kept)?;
         if self.map.max_in_flight == 0 {
             bail!("invalid configuration: map.max_in_flight must be at least 1");
         }
@@ -553,6 +557,7 @@ mod tests {
         assert!(err("[ingest]\nlistenn = \"127.0.0.1:1\"").contains("listenn"));
         assert!(err("[ingest]\nlisten = \"nope\"\nwrite_keys=[\"k\"]").contains("ingest.listen"));
         assert!(err("[ingest]\nlisten = \"127.0.0.1:0\"").contains("ingest.write_keys"));
+        assert!(err("[metrics]\ndeliveries_kept = 1000000").contains("metrics.deliveries_kept"));
         assert!(err("[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=0")
             .contains("destinations.seg.concurrency"));
     }

@@ -1,7 +1,8 @@
-//! Operations: Prometheus metrics, `/healthz` and `/readyz`, logging set-up, the offset
-//! tools (`replay`, `redrive`) operators use when something went wrong, and `status`, which
-//! tells them what went wrong.
+//! Operations: Prometheus metrics, `/healthz` and `/readyz`, the live delivery view
+//! (`/deliveries`, `tail`), logging set-up, the offset tools (`replay`, `redrive`) operators use
+//! when something went wrong, and `status`, which tells them what went wrong.
 
+pub mod deliveries;
 pub mod redrive;
 pub mod replay;
 pub mod status;
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// How `replay` and `redrive` print their plan or result.
+/// How `replay`, `redrive` and `tail` print (for `tail`, `json` is one JSON object a line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Output {
     /// A table for people.
@@ -178,10 +179,16 @@ impl GroupObserver for Health {
 struct OpsState {
     handle: PrometheusHandle,
     health: Arc<Health>,
+    deliveries: Arc<deliveries::DeliveryLog>,
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listen`; returns the bound address.
-pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
+/// Serve `/metrics`, `/healthz`, `/readyz` and `/deliveries` on `listen`; returns the bound
+/// address.
+pub async fn serve(
+    listen: &str,
+    health: Arc<Health>,
+    deliveries: Arc<deliveries::DeliveryLog>,
+) -> Result<SocketAddr> {
     let handle = install_metrics()?;
     let app = Router::new()
         .route(
@@ -199,7 +206,12 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
                 }
             }),
         )
-        .with_state(OpsState { handle, health });
+        .route("/deliveries", get(deliveries_answer))
+        .with_state(OpsState {
+            handle,
+            health,
+            deliveries,
+        });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding metrics.listen {listen}"))?;
@@ -209,8 +221,26 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /deliveries");
     Ok(addr)
+}
+
+/// `GET /deliveries?destination=D&failed=true&limit=N&after=SEQ`: the last attempts as JSON,
+/// or `{"error": …}` with 400 (bad parameter) or 404 (a destination this process does not
+/// send to).
+async fn deliveries_answer(
+    State(s): State<OpsState>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.deliveries.answer(&params) {
+        Ok(page) => axum::Json(page).into_response(),
+        Err((code, error)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response(),
+    }
 }
 
 /// Set up logging: human-readable by default, JSON lines with `--log-format json`.

@@ -21,6 +21,7 @@ use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin, RetryState};
 use crate::kafka::{
     producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
 };
+use crate::ops::deliveries::{answer_snippet, AttemptInput, DeliveryLog, DestinationLog, Outcome};
 use crate::record::Record;
 use anyhow::{anyhow, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -155,6 +156,8 @@ struct Lane {
     metrics: LaneMetrics,
     breaker: Arc<Breaker>,
     shutdown: CancellationToken,
+    /// The last attempts, for `/deliveries`.
+    deliveries: Arc<DestinationLog>,
 }
 
 /// Why one HTTP attempt did not succeed.
@@ -164,6 +167,10 @@ struct AttemptError {
     class: AnswerClass,
     retry_after: Option<Duration>,
     message: String,
+    /// No answer: `timeout`, `connect_error`, `invalid_request` or `error`.
+    error_class: Option<&'static str>,
+    /// The start of the answer's body, for `/deliveries`.
+    answer: Option<String>,
 }
 
 /// Longest `Retry-After` waited in place; longer ones go to the retry topic.
@@ -177,6 +184,7 @@ impl Lane {
         d: &EnabledDestination,
         stats: &SendStats,
         shutdown: CancellationToken,
+        deliveries: &DeliveryLog,
     ) -> Result<Lane> {
         let k = &cfg.kafka;
         let name = d.dest.name();
@@ -216,15 +224,57 @@ impl Lane {
             metrics: LaneMetrics::new(name),
             breaker: Arc::new(Breaker::new(name, breaker)),
             shutdown,
+            deliveries: deliveries.for_sender(name),
         })
     }
 
+    /// Keep one attempt in the live delivery view (`/deliveries`).
+    fn note(
+        &self,
+        record: &Record,
+        req: &HttpRequest,
+        attempt: u32,
+        answer: Result<u16, &AttemptError>,
+        latency: Duration,
+        outcome: Outcome,
+    ) {
+        let (status, error_class, error, body) = match answer {
+            Ok(s) => (Some(s), None, None, None),
+            Err(e) => (
+                e.status,
+                e.error_class,
+                Some(e.message.as_str()),
+                e.answer.as_deref(),
+            ),
+        };
+        let joined;
+        let error = match (error, body) {
+            (Some(m), Some(b)) => {
+                joined = format!("{m}: {b}");
+                Some(joined.as_str())
+            }
+            (m, _) => m,
+        };
+        self.deliveries.record(AttemptInput {
+            message_id: &record.message_id,
+            method: req.method.as_str(),
+            url: &req.url,
+            status,
+            error_class,
+            latency,
+            attempt,
+            outcome,
+            error,
+        });
+    }
+
     /// One request; `body` is the request's body, shared between attempts without copying.
+    /// Also returns how long the HTTP exchange took.
     async fn attempt(
         &self,
         req: &HttpRequest,
         body: Option<&bytes::Bytes>,
-    ) -> Result<u16, AttemptError> {
+    ) -> (Result<u16, AttemptError>, Duration) {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
@@ -242,10 +292,9 @@ impl Lane {
         }
         let started = Instant::now();
         let result = rb.send().await;
-        self.metrics
-            .duration
-            .record(started.elapsed().as_secs_f64());
-        match result {
+        let latency = started.elapsed();
+        self.metrics.duration.record(latency.as_secs_f64());
+        let answer = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 self.metrics.attempt(name, status);
@@ -255,7 +304,7 @@ impl Lane {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
                 // Read the body so the connection goes back to the pool.
-                let _ = resp.bytes().await;
+                let read = resp.bytes().await;
                 match self.dest.classify(status) {
                     AnswerClass::Success => Ok(status),
                     class => Err(AttemptError {
@@ -263,6 +312,8 @@ impl Lane {
                         class,
                         retry_after,
                         message: format!("HTTP {status}"),
+                        error_class: None,
+                        answer: read.ok().and_then(|b| answer_snippet(&b)),
                     }),
                 }
             }
@@ -288,10 +339,15 @@ impl Lane {
                         AnswerClass::Retryable
                     },
                     retry_after: None,
-                    message: format!("{label}: {e}"),
+                    // Without the URL: the message goes into retry and dead-letter headers, and
+                    // an endpoint may carry credentials.
+                    message: format!("{label}: {}", e.without_url()),
+                    error_class: Some(label),
+                    answer: None,
                 })
             }
-        }
+        };
+        (answer, latency)
     }
 
     /// Deliver one item: in-place retries, then success, retry topic or dead letter.
@@ -330,6 +386,8 @@ impl Lane {
             if nb > now {
                 let wait = AttemptError {
                     status: None,
+                    error_class: None,
+                    answer: None,
                     class: AnswerClass::Retryable,
                     retry_after: Some(Duration::from_millis((nb - now) as u64)),
                     message: headers::text(retry_headers, headers::RETRY_LAST_ERROR)
@@ -347,6 +405,7 @@ impl Lane {
             .with_jitter()
             .build();
         let mut attempts = prior;
+        let mut latency;
         let result = loop {
             // While the destination's circuit is open, wait here: the record neither burns an
             // attempt nor moves to the retry topic because the destination is down.
@@ -358,14 +417,15 @@ impl Lane {
                 return;
             }
             attempts = attempts.saturating_add(1);
-            let r = self.attempt(&req, body.as_ref()).await;
+            let r;
+            (r, latency) = self.attempt(&req, body.as_ref()).await;
             let verdict = match &r {
                 Err(e) if e.class == AnswerClass::Retryable => Verdict::Down,
                 _ => Verdict::Up,
             };
             self.breaker.record(admit, verdict);
             let e = match r {
-                Ok(_) => break Ok(()),
+                Ok(status) => break Ok(status),
                 Err(e) if e.class == AnswerClass::Permanent => break Err(e),
                 Err(e) => e,
             };
@@ -373,20 +433,45 @@ impl Lane {
             if window_left <= 0 || e.retry_after.is_some_and(|ra| ra > MAX_IN_PLACE_WAIT) {
                 break Err(e);
             }
-            if self.breaker.is_holding() {
-                // The destination is down, not this record: wait for the breaker, try again.
-                continue;
-            }
-            match in_place.next() {
-                Some(delay) => {
-                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(e.retry_after.map_or(delay, |ra| ra.max(delay))).await;
-                }
-                None => break Err(e),
+            // While the destination is down (not this record), wait for the breaker instead.
+            let delay = match self.breaker.is_holding() {
+                true => None,
+                false => match in_place.next() {
+                    Some(delay) => Some(delay),
+                    None => break Err(e),
+                },
+            };
+            self.note(
+                &record,
+                &req,
+                attempts,
+                Err(&e),
+                latency,
+                Outcome::InPlaceRetry,
+            );
+            if let Some(delay) = delay {
+                self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(e.retry_after.map_or(delay, |ra| ra.max(delay))).await;
             }
         };
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) if e.class == AnswerClass::Permanent => Outcome::DeadLetter,
+            Err(_) if now_millis() - first_ms >= d.retry_window.as_millis() as i64 => {
+                Outcome::DeadLetter
+            }
+            Err(_) => Outcome::Retry,
+        };
+        self.note(
+            &record,
+            &req,
+            attempts,
+            result.as_ref().copied(),
+            latency,
+            outcome,
+        );
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.success.increment(1);
                 self.metrics.last_success.set(now_millis() as f64 / 1000.0);
@@ -405,8 +490,7 @@ impl Lane {
                     .await;
             }
             Err(e) => {
-                let now = now_millis();
-                if now - first_ms >= d.retry_window.as_millis() as i64 {
+                if outcome == Outcome::DeadLetter {
                     let msg = format!("still failing after the retry window: {}", e.message);
                     self.finish_dead(item, "retries_exhausted", &msg, e.status, attempts)
                         .await;
@@ -563,6 +647,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 /// Run one destination's send stage until `shutdown`; then drain (bounded), commit and return.
+/// Counts go to `stats`, and every attempt to its ring in `deliveries` (`/deliveries`).
 pub async fn run_send_stage(
     cfg: &Config,
     bootstrap: &str,
@@ -570,6 +655,7 @@ pub async fn run_send_stage(
     shutdown: CancellationToken,
     stats: Arc<SendStats>,
     observer: Arc<dyn GroupObserver>,
+    deliveries: Arc<DeliveryLog>,
 ) -> Result<()> {
     let k = &cfg.kafka;
     let name = d.dest.name();
@@ -577,7 +663,14 @@ pub async fn run_send_stage(
     // Either consumer failing stops both (and the stage), so the process restarts instead of
     // half the destination going unconsumed.
     let stage = shutdown.child_token();
-    let lane = Arc::new(Lane::new(cfg, bootstrap, &d, &stats, stage.clone())?);
+    let lane = Arc::new(Lane::new(
+        cfg,
+        bootstrap,
+        &d,
+        &stats,
+        stage.clone(),
+        &deliveries,
+    )?);
     let (senders, lanes) = start_lanes(&lane, delivery.concurrency);
     let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
