@@ -171,6 +171,42 @@ fn start_stub() -> (Kill, String) {
     (Kill(child), line.trim().to_string())
 }
 
+/// Requests/s from reqwest alone: `n` of `reqs` (cycled) at concurrency 64.
+async fn http_ceiling(reqs: &[(String, Vec<(&'static str, String)>, Vec<u8>)], n: usize) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let reqs = std::sync::Arc::new(reqs.to_vec());
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let (url, headers, body) = &reqs[i % reqs.len()];
+                    let mut rb = client.post(url).body(body.clone());
+                    for (k, v) in headers {
+                        rb = rb.header(*k, v);
+                    }
+                    if let Ok(r) = rb.send().await {
+                        let _ = r.bytes().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 fn throughput_and_latency(n: usize, latency_secs: f64) {
     let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
     let kafka = Embedded::start(&topics, 16).expect("mock");
@@ -208,6 +244,19 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             send(&p, k, v);
         }
         p.flush(Duration::from_secs(60)).expect("flush");
+        // The HTTP ceiling in the same run: the same requests to the same stub process at the
+        // same concurrency, from reqwest alone (no Kafka, no records, no retries).
+        let seg = cfg.destinations().expect("dests").remove(0).dest;
+        let reqs: Vec<(String, Vec<(&'static str, String)>, Vec<u8>)> = seg_records()
+            .iter()
+            .take(1000)
+            .map(|(_, r)| {
+                let q = seg.build_request(r).expect("request");
+                (q.url, q.headers, q.body.unwrap_or_default())
+            })
+            .collect();
+        let ceiling = http_ceiling(&reqs, n).await;
+        let _ = http.delete(format!("{url}/requests")).send().await;
         let running = Running::start(&cfg, Role::Send).await.expect("send stage");
         let give_up = Instant::now() + Duration::from_secs(600);
         while count().await == 0 {
@@ -229,6 +278,8 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         let rate = n as f64 / secs;
         println!("\nsender bench (mock cluster, stub process on loopback, concurrency 64, no faults)");
         println!("throughput: {n} Seg deliveries in {secs:.2} s = {rate:.0} deliveries/s");
+        println!("HTTP ceiling, same run (reqwest → the same stub, concurrency 64, same requests, no Kafka): {ceiling:.0} requests/s");
+        println!("ratio sender/ceiling: {:.2} (goal >= 0.8)", rate / ceiling);
         println!(
             "cpu during the run: eventrelay (sender + in-process mock broker) {:.2} cores, stub {:.2} cores; {:.1} µs of eventrelay CPU per delivery",
             cpu_self / secs,
