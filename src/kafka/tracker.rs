@@ -2,6 +2,7 @@
 
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -236,6 +237,9 @@ impl OffsetTracker {
 pub struct Progress {
     tracker: Mutex<OffsetTracker>,
     changed: Condvar,
+    /// Threads in `wait_until`: finishing work wakes them only when there are some, so the hot
+    /// path (one finish per produced record) costs no futex wake-up syscall.
+    waiters: AtomicUsize,
 }
 
 impl Progress {
@@ -246,28 +250,38 @@ impl Progress {
         f(&mut t)
     }
 
+    fn wake(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.changed.notify_all();
+        }
+    }
+
     /// Finish (`-1`) or add work for a record and wake waiters.
     pub fn adjust(&self, slot: &Slot, delta: i64) {
         self.with(|t| t.adjust(slot, delta));
-        self.changed.notify_all();
+        self.wake();
     }
 
     /// Give a record up without finishing it (a lane stopping at shutdown): it is no longer
     /// waited for, and commits stay before it, so it is read again.
     pub fn abandon(&self, slot: &Slot) {
         self.with(|t| t.set_stashed(slot, true));
-        self.changed.notify_all();
+        self.wake();
     }
 
     /// Mark a record's work failed for good and wake waiters.
     pub fn fail(&self, slot: &Slot) {
         self.with(|t| t.fail(slot));
-        self.changed.notify_all();
+        self.wake();
     }
 
     /// Wait until `done(tracker)` or the timeout; returns whether it became true.
     pub fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
+        // Registered before the lock: a finish after our check sees it and wakes us (and the
+        // 50 ms bound on each wait covers any wake-up lost in between).
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let _registered = Unregister(&self.waiters);
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         while !done(&t) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -281,6 +295,15 @@ impl Progress {
                 .unwrap_or_else(|p| p.into_inner().0);
         }
         true
+    }
+}
+
+/// Decrements the waiter count however `wait_until` returns.
+struct Unregister<'a>(&'a AtomicUsize);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
