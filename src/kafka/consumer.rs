@@ -455,6 +455,8 @@ impl<J> Loop<'_, J> {
                 _ => {}
             }
         }
+        tracing::debug!(topic = %self.c.topic, ?pause, ?resume, inflight = self.inflight_paused,
+            held = self.held, stashed = ?self.stashed_in, waiting = self.waiting.len(), "pause state");
         if !pause.is_empty()
             && consumer
                 .pause(&partitions(&self.c.topic, pause.iter().copied()))

@@ -513,6 +513,26 @@ pub fn run(listen: &str, record: Option<&std::path::Path>, fault: Fault) -> Resu
 mod tests {
     use super::*;
 
+    #[test]
+    fn nonsense_faults_are_refused_not_panicked_on() {
+        let f = |json: &str| serde_json::from_str::<Fault>(json).expect("fault json");
+        for bad in [
+            r#"{"for_secs":1e300}"#,
+            r#"{"down_secs":-1}"#,
+            r#"{"status":42}"#,
+            r#"{"status":503,"rate":1.5}"#,
+            r#"{"latency_ms":999999999999}"#,
+        ] {
+            assert!(f(bad).validate().is_err(), "{bad}");
+        }
+        assert!(f(r#"{"status":503,"rate":0.3,"for_secs":4}"#)
+            .validate()
+            .is_ok());
+        // Even unchecked, durations never panic.
+        assert_eq!(secs(1e300), Duration::from_secs(86_400));
+        assert_eq!(secs(f64::NAN), Duration::ZERO);
+    }
+
     #[tokio::test]
     async fn seg_shape_is_checked_and_every_request_recorded() {
         let stub = Stub::start("127.0.0.1:0", None).await.expect("stub");
