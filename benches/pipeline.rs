@@ -3,7 +3,11 @@
 //! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N]`
 //! (`scripts/bench_map.sh` runs it on the mock cluster and on tansu). Without `--bootstrap` it
 //! uses an embedded mock cluster, whose partitions keep at most 5 MB each, so the default there
-//! is 24 k events over 16 partitions (1.5 k of ~2.4 KB each).
+//! is 24 k events over 16 partitions (1.5 k of ~2.4 KB each). More partitions do not help:
+//! the mock finds a fetch offset by a linear scan of the partition's batches
+//! (`rd_kafka_mock_msgset_find`), so smaller batches over more partitions slow every consumer
+//! down (seen: 48 partitions and 72 k events halved the map stage's rate). The runs are short
+//! (a fraction of a second), so run it several times and read the range.
 //!
 //! 1. Throughput: N events are produced to an input topic first; then the pass-through, the
 //!    fan-out pass-through (each input copied to two topics: at least the map stage's Kafka work)

@@ -7,8 +7,9 @@
 //! user's records never overtake each other) and its partition is paused; every other lane and
 //! partition keeps flowing. A stashed record is registered but not started: a revoke or
 //! shutdown does not wait for it, and commits stop before it, so the next owner reads it again.
-//! The whole assignment pauses only at the stage's in-flight bound, or when the stage asks
-//! (a destination's circuit breaker is open).
+//! At the stage's in-flight bound the loop stops polling (librdkafka's prefetch bound then
+//! stops fetching, and nothing fetched is thrown away) until half of it is finished; the whole
+//! assignment pauses only when the stage asks (a destination's circuit breaker is open).
 
 use super::tracker::{OffsetTracker, Progress, Slot};
 use crate::config::KafkaConfig;
@@ -208,7 +209,8 @@ impl StageConsumer {
             stashed_in: HashMap::new(),
             waiting: HashMap::new(),
             paused: HashSet::new(),
-            inflight_paused: false,
+            throttled: false,
+            last_poll: Instant::now(),
             held: false,
             dirty: true,
             hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
@@ -244,8 +246,13 @@ struct Loop<'a, J> {
     waiting: HashMap<i32, i64>,
     /// Partitions this loop paused.
     paused: HashSet<i32>,
-    /// Paused at the in-flight bound (resumes at half).
-    inflight_paused: bool,
+    /// At the in-flight bound (until back at half): the loop stops polling, so librdkafka's
+    /// own prefetch bound (`queued.max.messages.kbytes`) stops fetching. Pausing instead would
+    /// make librdkafka drop everything already fetched for those partitions and fetch it again
+    /// on resume, which under sustained load costs more than the work itself.
+    throttled: bool,
+    /// When the loop last called poll (it must at least every `max.poll.interval.ms`).
+    last_poll: Instant,
     /// Paused because the stage asked.
     held: bool,
     /// Pause state must be recomputed.
@@ -256,6 +263,10 @@ struct Loop<'a, J> {
 /// How often the loop retries stashed records, wakes due partitions and checks the in-flight
 /// bound when nothing else happens.
 const TICK: Duration = Duration::from_millis(10);
+
+/// While throttled, the loop still polls this often (one record at most, which waits in the
+/// stash like any other), far inside librdkafka's `max.poll.interval.ms`.
+const THROTTLED_POLL_EVERY: Duration = Duration::from_millis(500);
 
 impl<J> Loop<'_, J> {
     fn poll_until<I: Intake<Job = J>, L: Lanes<J>>(
@@ -286,7 +297,7 @@ impl<J> Loop<'_, J> {
                     // librdkafka resumed the new assignment; what we paused is forgotten.
                     self.paused.clear();
                     self.waiting.clear();
-                    self.inflight_paused = false;
+                    self.throttled = false;
                     self.held = false;
                     self.dirty = true;
                 }
@@ -294,7 +305,14 @@ impl<J> Loop<'_, J> {
                 self.wake_due();
                 self.apply_pauses(intake.hold_all());
             }
-            let wait = if self.stash.iter().any(|s| !s.is_empty()) {
+            if self.throttled && self.last_poll.elapsed() < THROTTLED_POLL_EVERY {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            self.last_poll = Instant::now();
+            let wait = if self.throttled {
+                Duration::ZERO
+            } else if self.stash.iter().any(|s| !s.is_empty()) {
                 Duration::from_millis(5)
             } else {
                 Duration::from_millis(50)
@@ -424,12 +442,10 @@ impl<J> Loop<'_, J> {
     fn apply_pauses(&mut self, hold_all: bool) {
         let pending = self.c.progress.with(|t| t.pending());
         let max = self.c.max_in_flight;
-        if pending >= max && !self.inflight_paused {
-            self.inflight_paused = true;
-            self.dirty = true;
-        } else if self.inflight_paused && pending <= max / 2 {
-            self.inflight_paused = false;
-            self.dirty = true;
+        if pending >= max && !self.throttled {
+            self.throttled = true;
+        } else if self.throttled && pending <= max / 2 {
+            self.throttled = false;
         }
         if hold_all != self.held {
             self.held = hold_all;
@@ -443,7 +459,7 @@ impl<J> Loop<'_, J> {
         let Ok(assigned) = consumer.assignment() else {
             return;
         };
-        let all = self.inflight_paused || self.held;
+        let all = self.held;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         for e in assigned.elements() {
@@ -455,7 +471,7 @@ impl<J> Loop<'_, J> {
                 _ => {}
             }
         }
-        tracing::debug!(topic = %self.c.topic, ?pause, ?resume, inflight = self.inflight_paused,
+        tracing::debug!(topic = %self.c.topic, ?pause, ?resume, throttled = self.throttled,
             held = self.held, stashed = ?self.stashed_in, waiting = self.waiting.len(), "pause state");
         if !pause.is_empty()
             && consumer
