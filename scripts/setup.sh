@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing eventrelay needs on a fresh Debian machine with a Rust
-# toolchain: C build tools for librdkafka, Python clients for the end-to-end tests, and the
-# tansu broker (built once with cargo, ~25 minutes, then reused).
+# toolchain: C build tools for librdkafka, the Python clients and pytest for the end-to-end
+# tests, and the tansu broker (built once with cargo, ~25 minutes, then reused).
 #   scripts/setup.sh            build deps + Python clients
 #   scripts/setup.sh --tansu    also tansu
 set -euo pipefail
@@ -21,9 +21,9 @@ if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${pkgs[@]}"
 fi
-if ! python3 -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python \
-    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python
+if ! python3 -c 'import confluent_kafka, kafka, pytest' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python pytest \
+    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python pytest
 fi
 if [ "${1:-}" = "--tansu" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what they need (scripts/setup.sh), runs the
-# unit, golden, property and mock-cluster tests (cargo test), then the end-to-end suites in
-# tests/e2e/ (tansu, a real broker server, with outside Python clients; the deploy files).
+# unit, golden, property and mock-cluster tests (cargo test), then the end-to-end suite in
+# tests/e2e/ (pytest: tansu, a real broker server, with outside Python clients) and the
+# deploy-file checks (tests/e2e/deploy_files.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,7 +12,11 @@ cargo build --release --bins
 # come from `cargo bench`, scripts/bench_map.sh and scripts/bench_send.sh, never from timed tests).
 cargo test --lib --bins --tests
 cargo bench --no-run
+# End to end: the pytest suite over tansu with outside clients (tests/e2e/README.md), where a
+# missing tansu fails instead of skipping; then the remaining shell checks (deploy files).
 export EVENTRELAY_REQUIRE_TANSU=1
+echo "== tests/e2e (pytest)"
+python3 -m pytest tests/e2e
 for t in tests/e2e/*.sh; do
   [ -e "$t" ] || continue
   echo "== $t"
