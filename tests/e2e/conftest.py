@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import subprocess
 import sys
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +197,6 @@ class Stub:
 
     def successes(self) -> dict:
         """destination -> Counter of Idempotency-Keys answered 2xx."""
-        from collections import Counter, defaultdict
         succ = defaultdict(Counter)
         for r in self.requests():
             if 200 <= r["status"] < 300:
@@ -313,7 +314,6 @@ backoff_max_ms = 1000
 
     def cmd(self, name: str, *args, timeout: float = 120.0) -> Result:
         """`eventrelay ARGS` to completion; output (stdout and stderr) in <name>.log."""
-        import subprocess
         log = self.procs.log_path(name)
         with open(log, "wb") as f:
             rc = subprocess.run([str(self.bin), *map(str, args)], stdout=f,
@@ -326,7 +326,6 @@ backoff_max_ms = 1000
         events = write_lines(self.work / f"{name}.events.ndjson", lines)
         out = self.work / f"{name}.map.ndjson"
         log = self.procs.log_path(f"{name}.map")
-        import subprocess
         with open(out, "wb") as o, open(log, "wb") as e:
             rc = subprocess.run([str(self.bin), "map", "--config", str(config.path), str(events)],
                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, timeout=120).returncode

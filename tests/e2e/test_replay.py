@@ -7,7 +7,6 @@ tansu 0.6.0 with sqlite storage cannot describe groups, so replay cannot check l
 refuses for that reason while the group runs, and `--force` is given once it is stopped."""
 
 import re
-from collections import Counter
 
 from support.procs import tail
 from support.records import generate_events
