@@ -3,7 +3,9 @@ bounded waits that poll for a condition and say what they waited for when it nev
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -81,15 +83,33 @@ def tail(path: Path, lines: int = 60, width: int = 400) -> str:
     return "\n".join(ln[:width] for ln in text.splitlines()[-lines:])
 
 
+_LIVE: set = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Should pytest itself be interrupted before teardown: no process outlives the run."""
+    for proc in list(_LIVE):
+        proc.kill()
+
+
 class Proc:
-    """A child process with stdout and stderr in `log`."""
+    """A child process, in a process group of its own (so signals reach anything it starts),
+    with stdout and stderr in `log`."""
 
     def __init__(self, name: str, argv: list[str], log: Path):
         self.name, self.argv, self.log = name, argv, log
         self._log_file = open(log, "wb")
         self.popen = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.popen.pid
+        _LIVE.add(self)
+
+    def _signal(self, sig) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -99,7 +119,7 @@ class Proc:
         was still running (it is SIGKILLed then)."""
         t0 = time.monotonic()
         if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
         try:
             rc = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -109,14 +129,16 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL: no chance to commit, flush or say goodbye."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
+        self._signal(signal.SIGKILL)  # the group: also whatever it started
         self.popen.wait()
+        _LIVE.discard(self)
 
     def close(self, grace: float = 10.0) -> None:
         """Teardown: SIGTERM, SIGKILL after `grace` seconds."""
         if self.alive():
             self.stop(grace)
+        self._signal(signal.SIGKILL)  # leftovers in its group
+        _LIVE.discard(self)
         self._log_file.close()
 
     def output(self) -> str:
