@@ -16,7 +16,7 @@ cargo bench --no-run
 # missing tansu fails instead of skipping; then the remaining shell checks (deploy files).
 export EVENTRELAY_REQUIRE_TANSU=1
 echo "== tests/e2e (pytest)"
-python3 -m pytest tests/e2e
+python3 -m pytest tests/e2e -v --durations=10
 for t in tests/e2e/*.sh; do
   [ -e "$t" ] || continue
   echo "== $t"
