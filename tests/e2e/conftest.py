@@ -149,9 +149,9 @@ class Broker:
 def tansu(procs, tmp_path, tools):
     """Start a tansu broker on a free loopback port: `tansu(storage="sqlite"|"memory")`.
 
-    sqlite wherever a consumer resumes from committed offsets (a restart, a replay, a
-    redrive): with memory storage tansu 0.6.0 serves a fetch from an offset inside a batch
-    from the next batch on, skipping records (SPEC §8)."""
+    sqlite wherever a consumer fetches from an offset it did not just reach (a restart, a
+    replay, a redrive, the retry topic's seek back): with memory storage tansu 0.6.0 serves a
+    fetch from an offset inside a batch from the next batch on, skipping records (SPEC §8)."""
 
     def start(storage: str = "sqlite", name: str = "tansu") -> Broker:
         addr = free_addr()
