@@ -17,13 +17,13 @@ OUT_TOPICS = ["dest.seg", "dest.owneriq", "segment.events.dlq"]
 
 
 def test_map_and_send(tansu, stub, eventrelay, kafka, check):
-    # No consumer here resumes from a committed offset mid-way, so memory storage will do.
+    # Memory storage: no consumer here seeks or resumes from a committed offset (conftest.tansu).
     broker = tansu(storage="memory")
     dest = stub()
     config = eventrelay.config(broker, dest, group="eventrelay")
     service = eventrelay.run(config, role="all")
     check(service.ready(60), f"eventrelay ready (/readyz 200) on {broker.bootstrap}")
-    assert service.alive(), "eventrelay exited at start"
+    assert service.alive(), f"eventrelay exited at start (exit code {service.popen.returncode})"
 
     lines = list(generate_events(N, invalid_every=50, seed=7))
     exp = eventrelay.map(config, lines, "events")

@@ -19,7 +19,7 @@ def test_redrive(tansu, stub, eventrelay, kafka, check):
     dest.fault(status=400, path_prefix="/j/")
     service = eventrelay.run(config, role="all")
     check(service.ready(60), f"eventrelay ready (/readyz 200) on {broker.bootstrap}")
-    assert service.alive(), "eventrelay exited at start"
+    assert service.alive(), f"eventrelay exited at start (exit code {service.popen.returncode})"
 
     events = [f'{{"type":"page","userId":"u-{i}","messageId":"{PREFIX}{i}"}}'.encode()
               for i in range(1, N + 1)]

@@ -34,7 +34,8 @@ def test_replay(tansu, stub, eventrelay, kafka, check):
         could not describe the group."""
         msg = f"{what} exited {result.rc}: {result.error()}"
         if "describing the consumer group" in result.output:
-            err = next((ln for ln in tail(broker.proc.log, 10_000).splitlines() if "ERROR" in ln), "")
+            logged = tail(broker.proc.log, 10_000).splitlines()
+            err = next((ln for ln in logged if "ERROR" in ln), "")
             err = re.sub(r"\x1b\[[0-9;]*m", "", err)
             msg += f" (tansu logged: {err[:200]})"
         return check(False, msg)
@@ -43,7 +44,7 @@ def test_replay(tansu, stub, eventrelay, kafka, check):
     mapper = eventrelay.run(config, role="map")
     check(mapper.ready(60), f"eventrelay --role map ready (/readyz 200) on {broker.bootstrap}, "
                             f"group {GROUP}")
-    assert mapper.alive(), "eventrelay exited at start"
+    assert mapper.alive(), f"eventrelay exited at start (exit code {mapper.popen.returncode})"
     kafka.produce(broker.bootstrap, "segment.events", lines)
     first = kafka.read(broker.bootstrap, "dest.seg", expect=n_seg, timeout=60)
     check(len(first) == n_seg, f"dest.seg holds the {n_seg} expected records (first run; "
@@ -155,4 +156,5 @@ def check_dry_run_plan(check, output, before, after):
           f"replay dry run plan: CURRENT column = committed offsets "
           f"({ {p: r['current'] for p, r in rows.items()} } vs {before})")
     check("dry run" in output, "replay dry run says it changed nothing ('dry run' in its output)")
-    check(after is not None and after == before, f"group offsets unchanged by the dry run (before {before}, after {after})")
+    check(after is not None and after == before,
+          f"group offsets unchanged by the dry run (before {before}, after {after})")

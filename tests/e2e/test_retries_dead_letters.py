@@ -22,7 +22,7 @@ def test_retries_then_dead_letters(tansu, stub, eventrelay, kafka, check):
     config = eventrelay.config(broker, dest, group="e2e-retry")
     service = eventrelay.run(config, role="all")
     check(service.ready(60), f"eventrelay ready (/readyz 200) on {broker.bootstrap}")
-    assert service.alive(), "eventrelay exited at start"
+    assert service.alive(), f"eventrelay exited at start (exit code {service.popen.returncode})"
 
     # --- a 4 s window of Seg 503s: retried until delivered ---
     lines = list(generate_events(N, seed=11))
