@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing eventrelay needs on a fresh Debian machine with a Rust
-# toolchain: C build tools for librdkafka, Python clients for the end-to-end tests, Segment's
-# own Python and Node.js libraries for the ingest tests (tests/clients/), and the tansu broker
-# (built once with cargo, ~25 minutes, then reused). Every step is skipped when already done.
+# toolchain: C build tools for librdkafka, the Python clients and pytest for the end-to-end
+# tests, Segment's own Python and Node.js libraries for the ingest tests (tests/clients/), and
+# the tansu broker (built once with cargo, ~25 minutes, then reused). Every step is skipped
+# when already done.
 #   scripts/setup.sh            build deps + Python clients
 #   scripts/setup.sh --tansu    also tansu
 set -euo pipefail
@@ -24,9 +25,9 @@ if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${pkgs[@]}"
 fi
-if ! python3 -c 'import confluent_kafka, kafka, segment.analytics' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python segment-analytics-python \
-    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python segment-analytics-python
+if ! python3 -c 'import confluent_kafka, kafka, pytest, segment.analytics' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python pytest segment-analytics-python \
+    || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python pytest segment-analytics-python
 fi
 # @segment/analytics-node for tests/e2e/segment_clients.sh, as pinned by tests/clients/package-lock.json.
 if [ ! -d "$ROOT/tests/clients/node_modules/@segment/analytics-node" ]; then

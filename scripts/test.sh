@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what they need (scripts/setup.sh), runs the
-# unit, golden, property and mock-cluster tests (cargo test), then the end-to-end suites in
-# tests/e2e/ (tansu, a real broker server, with outside Python clients; the deploy files;
-# Segment's own Python and Node.js libraries against ingest).
+# unit, golden, property and mock-cluster tests (cargo test), then the end-to-end suite in
+# tests/e2e/ (pytest: tansu, a real broker server, with outside Python clients), and the
+# remaining shell suites there (the deploy files; Segment's own Python and Node.js libraries
+# against ingest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,7 +13,11 @@ cargo build --release --bins
 # come from `cargo bench`, scripts/bench_map.sh and scripts/bench_send.sh, never from timed tests).
 cargo test --lib --bins --tests
 cargo bench --no-run
+# End to end: the pytest suite over tansu with outside clients (tests/e2e/README.md), where a
+# missing tansu fails instead of skipping; then the remaining shell suites.
 export EVENTRELAY_REQUIRE_TANSU=1 EVENTRELAY_REQUIRE_CLIENTS=1
+echo "== tests/e2e (pytest)"
+python3 -m pytest tests/e2e -v --durations=10
 for t in tests/e2e/*.sh; do
   [ -e "$t" ] || continue
   echo "== $t"
