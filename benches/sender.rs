@@ -171,8 +171,11 @@ fn start_stub() -> (Kill, String) {
     (Kill(child), line.trim().to_string())
 }
 
+/// URL, headers and body of one request, for the ceiling.
+type PlainRequest = (String, Vec<(&'static str, String)>, Vec<u8>);
+
 /// Requests/s from reqwest alone: `n` of `reqs` (cycled) at concurrency 64.
-async fn http_ceiling(reqs: &[(String, Vec<(&'static str, String)>, Vec<u8>)], n: usize) -> f64 {
+async fn http_ceiling(reqs: &[PlainRequest], n: usize) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -247,7 +250,7 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         // The HTTP ceiling in the same run: the same requests to the same stub process at the
         // same concurrency, from reqwest alone (no Kafka, no records, no retries).
         let seg = cfg.destinations().expect("dests").remove(0).dest;
-        let reqs: Vec<(String, Vec<(&'static str, String)>, Vec<u8>)> = seg_records()
+        let reqs: Vec<PlainRequest> = seg_records()
             .iter()
             .take(1000)
             .map(|(_, r)| {

@@ -5,7 +5,8 @@
 //! Backpressure never blocks the poll loop. When a record's lane is full, the record waits in
 //! that lane's stash (in order: a later record for the same lane queues behind it, so one
 //! user's records never overtake each other) and its partition is paused; every other lane and
-//! partition keeps flowing. A stashed record is registered but not started: a revoke or
+//! partition keeps flowing (pausing makes librdkafka drop what it fetched beyond the last
+//! record polled and fetch again from there on resume). A stashed record is registered but not started: a revoke or
 //! shutdown does not wait for it, and commits stop before it, so the next owner reads it again.
 //! At the stage's in-flight bound the loop stops polling (librdkafka's prefetch bound then
 //! stops fetching, and nothing fetched is thrown away) until half of it is finished; the whole
