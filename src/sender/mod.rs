@@ -671,9 +671,9 @@ pub async fn run_send_stage(
         stage.clone(),
         &deliveries,
     )?);
-    let (senders, lanes) = start_lanes(&lane, delivery.concurrency);
-    let group = format!("{}.send.{name}", k.group_id);
     let max_in_flight = (delivery.concurrency * 64).max(1024);
+    let (senders, lanes) = start_lanes(&lane, delivery.concurrency, lane_depth(max_in_flight));
+    let group = format!("{}.send.{name}", k.group_id);
     let mut consumers = Vec::new();
     let mut sources = vec![(
         k.destination_topic(name),
@@ -754,18 +754,24 @@ pub async fn run_send_stage(
     result
 }
 
-/// Records a lane can hold before its consumer stashes and pauses the partition feeding it.
-const LANE_DEPTH: usize = 64;
+/// Records a lane can hold before its consumer stashes and pauses the partition feeding it:
+/// a quarter of the in-flight bound. Deep enough that lanes never fill under even load (there
+/// the in-flight bound throttles polling, which drops nothing librdkafka fetched), shallow
+/// enough that one slow user's lane filling up leaves three quarters of the bound to the others.
+fn lane_depth(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).max(64)
+}
 
 /// `concurrency` lanes, each a task sending its records one after another.
 fn start_lanes(
     lane: &Arc<Lane>,
     concurrency: usize,
+    depth: usize,
 ) -> (Vec<mpsc::Sender<Item>>, Vec<tokio::task::JoinHandle<()>>) {
     let mut senders = Vec::with_capacity(concurrency);
     let mut lanes = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (tx, mut rx) = mpsc::channel::<Item>(LANE_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Item>(depth);
         senders.push(tx);
         let lane = lane.clone();
         lanes.push(tokio::spawn(async move {
