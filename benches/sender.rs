@@ -5,7 +5,7 @@
 //! Throughput and latency (embedded mock cluster, 16 partitions because the mock keeps 5 MB per
 //! partition): `dest.seg` is filled with N Seg records mapped from the benchmark corpus; the
 //! stub runs as its own process (`eventrelay stub`), as a real destination would be elsewhere;
-//! the Seg send stage (concurrency 64, no faults) starts and the time from the stub's first
+//! the Seg send stage (concurrency 64 or `--concurrency N`, no faults) starts and the time from the stub's first
 //! request to its N-th is measured. Then records are produced at half that rate, each stamped
 //! with its produce time and a unique messageId, and the produce-to-request latency of each is
 //! read from the stub's recording (p50, p99). The CPU time of this process (sender, mock
@@ -174,7 +174,7 @@ fn start_stub() -> (Kill, String) {
 /// URL, headers and body of one request, for the ceiling.
 type PlainRequest = (String, Vec<(&'static str, String)>, Vec<u8>);
 
-/// Requests/s from reqwest alone: `n` of `reqs` (cycled) at concurrency 64.
+/// Requests/s from reqwest alone: `n` of `reqs` (cycled) at the bench's concurrency.
 async fn http_ceiling(reqs: &[PlainRequest], n: usize) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -183,7 +183,7 @@ async fn http_ceiling(reqs: &[PlainRequest], n: usize) -> f64 {
     let reqs = std::sync::Arc::new(reqs.to_vec());
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..64)
+    let tasks: Vec<_> = (0..concurrency())
         .map(|_| {
             let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
             tokio::spawn(async move {
@@ -210,6 +210,12 @@ async fn http_ceiling(reqs: &[PlainRequest], n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `--concurrency N` (default 64): the sender's lanes, and the ceiling's concurrent requests.
+fn concurrency() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    arg(&args, "--concurrency").unwrap_or(64)
+}
+
 fn throughput_and_latency(n: usize, latency_secs: f64) {
     let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
     let kafka = Embedded::start(&topics, 16).expect("mock");
@@ -231,8 +237,9 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             v["count"].as_u64().unwrap_or(0) as usize
         };
         let cfg = Config::from_toml(&format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 10\n[metrics]\nlisten = \"127.0.0.1:0\"\n[destinations.seg]\nendpoint = \"{url}\"\nwebsite_id = \"{WEBSITE}\"\nconcurrency = 64\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 10\n[metrics]\nlisten = \"127.0.0.1:0\"\n[destinations.seg]\nendpoint = \"{url}\"\nwebsite_id = \"{WEBSITE}\"\nconcurrency = {}\n",
             kafka.bootstrap(),
+            concurrency(),
         ))
         .expect("config");
         let records: Vec<(String, Vec<u8>)> = seg_records()
@@ -279,9 +286,9 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         let cpu_self = cpu_secs(std::process::id()) - cpu_self;
         let cpu_stub = cpu_secs(stub_pid) - cpu_stub;
         let rate = n as f64 / secs;
-        println!("\nsender bench (mock cluster, stub process on loopback, concurrency 64, no faults)");
+        println!("\nsender bench (mock cluster, stub process on loopback, concurrency {}, no faults)", concurrency());
         println!("throughput: {n} Seg deliveries in {secs:.2} s = {rate:.0} deliveries/s");
-        println!("HTTP ceiling, same run (reqwest → the same stub, concurrency 64, same requests, no Kafka): {ceiling:.0} requests/s");
+        println!("HTTP ceiling, same run (reqwest → the same stub, concurrency {}, same requests, no Kafka): {ceiling:.0} requests/s", concurrency());
         println!("ratio sender/ceiling: {:.2} (goal >= 0.8)", rate / ceiling);
         println!(
             "cpu during the run: eventrelay (sender + in-process mock broker) {:.2} cores, stub {:.2} cores; {:.1} µs of eventrelay CPU per delivery",
