@@ -4,8 +4,9 @@
 //! `cargo bench --bench mapping` prints events/s for both and the ratio (goal, issue 10:
 //! mapping ≥ 3× serde_json parse-to-`Value` of the same bytes, same run). "Mapping" is the
 //! whole per-event work of the map stage: parse, validate, run every enabled destination's
-//! mapper, build the record and encode it as protobuf (into one reused buffer, as a producer
-//! that copies the bytes can).
+//! mapper and encode each record as protobuf, into one reused buffer as the map stage's
+//! worker does ([`map_input_encoded`] with a per-worker [`RecordBuf`]; the producer copies
+//! the bytes).
 
 #[path = "corpus.rs"]
 mod corpus;
@@ -13,9 +14,8 @@ mod corpus;
 use corpus::corpus;
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use eventrelay::config::Config;
-use eventrelay::destinations::{Destination, Routed};
-use eventrelay::map_input;
-use prost::Message;
+use eventrelay::destinations::{Destination, Encoded, RecordBuf};
+use eventrelay::map_input_encoded;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,17 +32,12 @@ fn dests() -> Vec<Arc<dyn Destination>> {
 
 fn map_all(dests: &[Arc<dyn Destination>], corpus: &[Vec<u8>]) -> usize {
     let mut n = 0;
-    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut buf = RecordBuf::new();
     for e in corpus {
-        if let Ok((_, routed)) = map_input(dests, e, None, 0) {
-            for r in routed {
-                if let Routed::Records(recs) = r {
-                    for rec in recs {
-                        buf.clear();
-                        if rec.encode(&mut buf).is_ok() {
-                            n += buf.len();
-                        }
-                    }
+        if map_input_encoded(dests, e, None, 0, &mut buf).is_ok() {
+            for r in buf.iter() {
+                if let Encoded::Record(bytes) = r {
+                    n += bytes.len();
                 }
             }
         }

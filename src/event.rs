@@ -310,6 +310,42 @@ pub mod raw {
         de.deserialize_map(All).unwrap_or_default()
     }
 
+    /// For each object element of a raw JSON array, in order, the values of `keys` as
+    /// [`pick`] reads them; other elements are passed over. No element list is built.
+    /// Not an array: no call.
+    pub fn each_object<'a, const N: usize>(
+        arr: &'a RawValue,
+        keys: [&str; N],
+        mut f: impl FnMut([Option<&'a RawValue>; N]),
+    ) {
+        struct Elems<'k, 'f, F, const N: usize>(&'f mut F, [&'k str; N]);
+        impl<'de, F: FnMut([Option<&'de RawValue>; N]), const N: usize> Visitor<'de>
+            for Elems<'_, '_, F, N>
+        {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                // Each element as a raw slice first: reading a non-object element as a value
+                // would parse its numbers, and one out of `f64` range (`1e400`) would end the
+                // walk early.
+                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                    if is_object(v) {
+                        (self.0)(pick(v, self.1));
+                    }
+                }
+                Ok(())
+            }
+        }
+        if !arr.get().starts_with('[') {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_str(arr.get());
+        // The slice was validated when the event was parsed; an error cannot happen here.
+        let _ = de.deserialize_seq(Elems(&mut f, keys));
+    }
+
     /// The elements of a raw JSON array; anything else gives none.
     pub fn elements(arr: &RawValue) -> Vec<&RawValue> {
         struct Elems;

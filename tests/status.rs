@@ -121,10 +121,12 @@ async fn a_lagging_group_and_an_open_circuit_show_up() {
     let seg_send = group(&r, "eventrelay.send.seg");
     assert_eq!(seg_send.topic, "dest.seg");
     assert_eq!(seg_send.lag, seg.lag.unwrap());
-    assert!(r
-        .groups
-        .iter()
-        .any(|g| g.group == "eventrelay.send.seg.retry.500ms" && g.topic == "dest.seg.retry.500ms"));
+    assert!(
+        r.groups
+            .iter()
+            .any(|g| g.group == "eventrelay.send.seg.retry.500ms"
+                && g.topic == "dest.seg.retry.500ms")
+    );
 
     // OwnerIQ: delivered everything, circuit closed, a last success.
     let oiq = dest(&r, "owneriq");
