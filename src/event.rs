@@ -738,12 +738,29 @@ impl<'a> Event<'a> {
                 ),
             ));
         }
-        if raw::depth_exceeds(bytes, MAX_DEPTH) {
-            return Err(InvalidEvent::new(
+        // Too deep wins over every other verdict. It is checked after the parse (which has no
+        // recursion: nested values are skipped iteratively), when the bytes are in the
+        // cache: checked first, this walk was the first touch of the record and cost a fifth
+        // of the mapping.
+        let too_deep = || {
+            InvalidEvent::new(
                 "too_deep",
                 format!("objects and arrays are nested deeper than {MAX_DEPTH} levels"),
-            ));
+            )
+        };
+        let fields = match Self::parse_fields(bytes) {
+            Ok(f) => f,
+            Err(_) if raw::depth_exceeds(bytes, MAX_DEPTH) => return Err(too_deep()),
+            Err(e) => return Err(e),
+        };
+        if raw::depth_exceeds(bytes, MAX_DEPTH) {
+            return Err(too_deep());
         }
+        Self::validate(fields, bytes)
+    }
+
+    /// The one serde_json pass: the top-level fields as raw slices.
+    fn parse_fields(bytes: &'a [u8]) -> Result<Fields<'a>, InvalidEvent> {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| InvalidEvent::new("invalid_json", format!("not JSON: not UTF-8 ({e})")))?;
         let not_json =
@@ -763,7 +780,7 @@ impl<'a> Event<'a> {
         let fields =
             serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).map_err(not_json)?;
         de.end().map_err(not_json)?;
-        Self::validate(fields, bytes)
+        Ok(fields)
     }
 
     fn validate(f: Fields<'a>, bytes: &[u8]) -> Result<Event<'a>, InvalidEvent> {
