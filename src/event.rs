@@ -310,6 +310,87 @@ pub mod raw {
         de.deserialize_map(All).unwrap_or_default()
     }
 
+    /// [`each_object`] in one pass: each element read once, objects picked as they are read.
+    /// `Err` when an element cannot be read as a value (a number out of `f64` range, which
+    /// the event parse accepts as text): `f` may have been called for earlier elements, and
+    /// the caller undoes those and uses [`each_object`].
+    pub fn try_each_object<'a, const N: usize>(
+        arr: &'a RawValue,
+        keys: [&str; N],
+        mut f: impl FnMut([Option<&'a RawValue>; N]),
+    ) -> Result<(), ()> {
+        struct Elems<'k, 'f, F, const N: usize>(&'f mut F, [&'k str; N]);
+        impl<'de, F: FnMut([Option<&'de RawValue>; N]), const N: usize> Visitor<'de>
+            for Elems<'_, '_, F, N>
+        {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(picked) = seq.next_element_seed(PickAny(self.1))? {
+                    if let Some(picked) = picked {
+                        (self.0)(picked);
+                    }
+                }
+                Ok(())
+            }
+        }
+        /// An object's picked values, or `None` for any other JSON value.
+        struct PickAny<'k, const N: usize>([&'k str; N]);
+        impl<'de, const N: usize> DeserializeSeed<'de> for PickAny<'_, N> {
+            type Value = Option<[Option<&'de RawValue>; N]>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de, const N: usize> Visitor<'de> for PickAny<'_, N> {
+            type Value = Option<[Option<&'de RawValue>; N]>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = [None; N];
+                while let Some(Key(k)) = map.next_key()? {
+                    match self.0.iter().position(|want| *want == k) {
+                        Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        if !arr.get().starts_with('[') {
+            return Ok(());
+        }
+        let mut de = serde_json::Deserializer::from_str(arr.get());
+        de.deserialize_seq(Elems(&mut f, keys)).map_err(|_| ())
+    }
+
     /// For each object element of a raw JSON array, in order, the values of `keys` as
     /// [`pick`] reads them; other elements are passed over. No element list is built.
     /// Not an array: no call.

@@ -84,6 +84,11 @@ fn encoded_len(s: &[u8]) -> usize {
         .sum()
 }
 
+/// The product fields the `t` list takes.
+const PRODUCT_KEYS: [&str; 7] = [
+    "brand", "sku", "price", "category", "quantity", "name", "title",
+];
+
 /// The `t` list being encoded into an `OwnerIqHit` (field 2, `repeated Pair`), with the
 /// length its URL form will have.
 struct Pairs<'o> {
@@ -108,6 +113,17 @@ impl Pairs<'_> {
         if let Some(value) = value.and_then(raw::text) {
             self.add(key, &value);
         }
+    }
+
+    /// The pairs of the `n`-th product (values in [`PRODUCT_KEYS`] order).
+    fn product(&mut self, n: usize, values: [Option<&RawValue>; 7]) {
+        let [brand, sku, price, category, quantity, name, title] = values;
+        self.push_nth("brand", n, raw::present(brand));
+        self.push_nth("id", n, raw::present(sku));
+        self.push_nth("price", n, raw::present(price));
+        self.push_nth("product_type", n, raw::present(category));
+        self.push_nth("quantity", n, raw::present(quantity));
+        self.push_nth("name", n, first([name, title]));
     }
 
     /// `{name}_{n}` as a key.
@@ -238,22 +254,20 @@ impl Destination for OwnerIq {
             props_email = email;
             if let Some(products) = products {
                 // Objects only, numbered from 1 in order; other elements are passed over.
+                let mark = (pairs.out.len(), pairs.url_len, pairs.count);
                 let mut n = 0;
-                raw::each_object(
-                    products,
-                    [
-                        "brand", "sku", "price", "category", "quantity", "name", "title",
-                    ],
-                    |[brand, sku, price, category, quantity, name, title]| {
+                let fast = raw::try_each_object(products, PRODUCT_KEYS, |p| {
+                    n += 1;
+                    pairs.product(n, p);
+                });
+                if fast.is_err() {
+                    (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+                    pairs.out.truncate(mark.0);
+                    raw::each_object(products, PRODUCT_KEYS, |p| {
                         n += 1;
-                        pairs.push_nth("brand", n, raw::present(brand));
-                        pairs.push_nth("id", n, raw::present(sku));
-                        pairs.push_nth("price", n, raw::present(price));
-                        pairs.push_nth("product_type", n, raw::present(category));
-                        pairs.push_nth("quantity", n, raw::present(quantity));
-                        pairs.push_nth("name", n, first([name, title]));
-                    },
-                );
+                        pairs.product(n, p);
+                    });
+                }
             }
             // The first usable id: a blank string falls back to the next name.
             let order_id = [order_id, order_id2, id].into_iter().find(|v| {
