@@ -163,6 +163,10 @@ fn unchanged_edges_map_identically() {
         r#"{"type":"page","userId":"u"} trailing"#,
         r#"[1,2]"#,
         r#"{"type":"page","userId":"u","properties":{"email":["a",1]}}"#,
+        r#"{"type":"track","userId":"u","event":"Order Completed","properties":{"products":[{"sku":"a"}],"orderId":"o","products":[{"sku":"b"},7,{"sku":"c","brand":null}],"total":1}}"#,
+        r#"{"type":"track","userId":"u","event":"Order Completed","properties":{"products":{"sku":"a"},"orderId":"o"}}"#,
+        r#"{"type":"track","userId":"u","event":"Order Completed","properties":{"products":"p","orderId":"o","products":null}}"#,
+        r#"{"type":"track","userId":"u","event":"Order Completed","properties":{"products":[[{"sku":"a"}],{"sku":"\u0041,"}],"id":"o"}}"#,
         "{\"type\":\"page\",\"userId\":\"u\",\"properties\":{\"p\":\"\u{1F600} é\"}}",
     ];
     for (i, c) in cases.iter().enumerate() {

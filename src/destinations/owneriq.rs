@@ -89,6 +89,9 @@ const PRODUCT_KEYS: [&str; 7] = [
     "brand", "sku", "price", "category", "quantity", "name", "title",
 ];
 
+/// The order fields the `t` list takes from `properties` (besides `products`).
+const ORDER_KEYS: [&str; 6] = ["orderId", "order_id", "id", "total", "revenue", "email"];
+
 /// The `t` list being encoded into an `OwnerIqHit` (field 2, `repeated Pair`), with the
 /// length its URL form will have.
 struct Pairs<'o> {
@@ -228,7 +231,8 @@ impl Destination for OwnerIq {
             }
             _ => return Verdict::Skip("unsupported_type"),
         };
-        let hit = wire::open(out, 20);
+        // A page hit is two short pairs; a conversion many (the guess sizes the length prefix).
+        let hit = wire::open(out, 20, if kind == Kind::Page { 80 } else { 1024 });
         wire::put_key(out, 1, 0);
         wire::put_varint(out, kind as u64);
         let mut pairs = Pairs {
@@ -242,33 +246,46 @@ impl Destination for OwnerIq {
                 props_email = event.properties.and_then(|p| raw::pick(p, ["email"])[0]);
             }
         } else {
-            let [products, order_id, order_id2, id, total, revenue, email] =
-                event.properties.map_or([None; 7], |p| {
-                    raw::pick(
-                        p,
-                        [
-                            "products", "orderId", "order_id", "id", "total", "revenue", "email",
-                        ],
-                    )
-                });
-            props_email = email;
-            if let Some(products) = products {
-                // Objects only, numbered from 1 in order; other elements are passed over.
-                let mark = (pairs.out.len(), pairs.url_len, pairs.count);
-                let mut n = 0;
-                let fast = raw::try_each_object(products, PRODUCT_KEYS, |p| {
-                    n += 1;
-                    pairs.product(n, p);
-                });
-                if fast.is_err() {
+            // One pass over `properties`, products included (objects only, numbered from 1 in
+            // order; other elements are passed over).
+            let mark = (pairs.out.len(), pairs.url_len, pairs.count);
+            let mut n = 0;
+            let picked = event.properties.map_or(Ok([None; 6]), |p| {
+                raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
+                    Some(v) => {
+                        n += 1;
+                        pairs.product(n, v);
+                    }
+                    None => {
+                        (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+                        pairs.out.truncate(mark.0);
+                    }
+                })
+            });
+            let [order_id, order_id2, id, total, revenue, email] = match picked {
+                Ok(v) => v,
+                Err(()) => {
                     (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
                     pairs.out.truncate(mark.0);
-                    raw::each_object(products, PRODUCT_KEYS, |p| {
-                        n += 1;
-                        pairs.product(n, p);
+                    let p = event.properties.map_or([None; 7], |p| {
+                        raw::pick(
+                            p,
+                            [
+                                "orderId", "order_id", "id", "total", "revenue", "email",
+                                "products",
+                            ],
+                        )
                     });
+                    if let Some(products) = p[6] {
+                        raw::each_object(products, PRODUCT_KEYS, |v| {
+                            n += 1;
+                            pairs.product(n, v);
+                        });
+                    }
+                    [p[0], p[1], p[2], p[3], p[4], p[5]]
                 }
-            }
+            };
+            props_email = email;
             // The first usable id: a blank string falls back to the next name.
             let order_id = [order_id, order_id2, id].into_iter().find(|v| {
                 v.is_some_and(|v| {

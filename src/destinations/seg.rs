@@ -166,10 +166,23 @@ impl Destination for Seg {
     fn map_into(&self, event: &Event<'_>, out: &mut Vec<u8>) -> Verdict {
         let email = event.email();
         let raw_len = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
-        out.reserve(
-            192 + raw_len(event.properties) + raw_len(event.traits) + event.message_id.len(),
-        );
-        let payload = wire::open_wrapped(out, 21);
+        let str_len = |v: Option<&str>| v.map_or(0, str::len);
+        // About the body's length (its size class is what matters: the length prefixes are
+        // written before the body, and a wrong guess costs a copy of it).
+        let expect = 112
+            + event.message_id.len()
+            + str_len(event.timestamp())
+            + str_len(event.user_id.as_deref())
+            + str_len(event.anonymous_id.as_deref())
+            + str_len(email)
+            + raw_len(event.properties)
+            + match event.kind {
+                EventType::Identify => raw_len(event.traits),
+                EventType::Track => raw_len(event.context_page) / 2,
+                _ => 0,
+            };
+        out.reserve(expect + 16);
+        let payload = wire::open_wrapped(out, 21, expect);
         let mut w = Writer::new(out);
         w.str("type", Some(event.kind.as_str()));
         w.str("messageId", Some(&event.message_id));

@@ -17,7 +17,7 @@ const LEN: u32 = 2;
 /// Wire type of varint fields.
 const VARINT: u32 = 0;
 
-/// Room kept for a length not known yet: a varint of a `u32` is at most 5 bytes.
+/// Longest varint of a length (any length under 2^35).
 const MAX_LEN_BYTES: usize = 5;
 
 /// Append `v` as a protobuf varint.
@@ -77,39 +77,43 @@ pub(crate) struct Open {
     reserved: usize,
 }
 
-/// Open length-delimited field `field`: key written, room for the length reserved.
-pub(crate) fn open(out: &mut Vec<u8>, field: u32) -> Open {
+/// Open length-delimited field `field`: key written, room reserved for the length of a
+/// content of about `expect` bytes. [`close`] writes the real length; when its varint has
+/// another size than `expect`'s, the content moves (correct either way, a copy slower).
+pub(crate) fn open(out: &mut Vec<u8>, field: u32, expect: usize) -> Open {
     put_key(out, field, LEN);
     let at = out.len();
-    out.resize(at + MAX_LEN_BYTES, 0);
-    Open {
-        at,
-        reserved: MAX_LEN_BYTES,
-    }
+    let reserved = varint_len(expect as u64);
+    out.resize(at + reserved, 0);
+    Open { at, reserved }
 }
 
 /// Open field `outer` holding one bytes field `inner` (a message wrapping a single bytes
-/// field, like `SegEvent { body }`): both lengths are written at [`close_wrapped`].
-pub(crate) fn open_wrapped(out: &mut Vec<u8>, outer: u32) -> Open {
+/// field, like `SegEvent { body }`) whose content is about `expect` bytes: both lengths are
+/// written at [`close_wrapped`], moving the content only when a guess was off.
+pub(crate) fn open_wrapped(out: &mut Vec<u8>, outer: u32, expect: usize) -> Open {
     put_key(out, outer, LEN);
     let at = out.len();
-    // Outer length, inner key (one byte for fields 1–15), inner length.
-    out.resize(at + 2 * MAX_LEN_BYTES + 1, 0);
-    Open {
-        at,
-        reserved: 2 * MAX_LEN_BYTES + 1,
-    }
+    let inner_len = 1 + varint_len(expect as u64) + expect;
+    let reserved = varint_len(inner_len as u64) + 1 + varint_len(expect as u64);
+    out.resize(at + reserved, 0);
+    Open { at, reserved }
 }
 
-/// Put `header` in the reserved room and move the content written since up against it.
+/// Put `header` in the reserved room, moving the content written since when the room was
+/// not exactly the header's size.
 fn settle(out: &mut Vec<u8>, o: &Open, header: &[u8]) {
     let content = o.at + o.reserved;
-    out[o.at..o.at + header.len()].copy_from_slice(header);
-    let gap = o.reserved - header.len();
-    if gap > 0 {
-        out.copy_within(content.., o.at + header.len());
-        out.truncate(out.len() - gap);
+    let end = out.len();
+    if header.len() < o.reserved {
+        out.copy_within(content..end, o.at + header.len());
+        out.truncate(end - (o.reserved - header.len()));
+    } else if header.len() > o.reserved {
+        let more = header.len() - o.reserved;
+        out.resize(end + more, 0);
+        out.copy_within(content..end, content + more);
     }
+    out[o.at..o.at + header.len()].copy_from_slice(header);
 }
 
 /// Close a field opened with [`open`].
