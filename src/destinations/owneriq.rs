@@ -73,15 +73,21 @@ pub fn encode(s: &str) -> String {
 
 /// Length of `s` once percent-encoded, without encoding it.
 fn encoded_len(s: &[u8]) -> usize {
-    s.iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                1
-            } else {
-                3
+    // Each byte takes 1 or 3: a table, so the loop has no branches (it runs for every key and
+    // value of every conversion).
+    const WIDTH: [u8; 256] = {
+        let mut t = [3u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                t[b] = 1;
             }
-        })
-        .sum()
+            b += 1;
+        }
+        t
+    };
+    s.iter().map(|&b| usize::from(WIDTH[usize::from(b)])).sum()
 }
 
 /// The product fields the `t` list takes.
@@ -105,6 +111,7 @@ impl Pairs<'_> {
     fn add(&mut self, key: &[u8], value: &str) {
         let value = value.as_bytes();
         let len = wire::str_field_len(1, key) + wire::str_field_len(2, value);
+        self.out.reserve(len + 3);
         wire::put_len_header(self.out, 2, len);
         wire::put_str(self.out, 1, key);
         wire::put_str(self.out, 2, value);
