@@ -417,16 +417,16 @@ pub mod raw {
     /// `array_key` picked as [`each_object`] does (`f(Some(values))` per object, in order):
     /// the object and the array are read once. `f(None)` each time `array_key` is met, before
     /// its elements (a repeated key: the caller drops what the earlier one gave, the last
-    /// wins as in [`pick`]). `Err` when an element cannot be read as a value (a number beyond
-    /// `f64`, which the event parse accepts as text): the caller undoes what `f` did and
-    /// uses [`pick`] and [`each_object`].
+    /// wins as in [`pick`]). `None` when an element cannot be read as a value (a number
+    /// beyond `f64`, which the event parse accepts as text): the caller undoes what `f` did
+    /// and uses [`pick`] and [`each_object`].
     pub fn try_pick_each<'a, const N: usize, const M: usize>(
         obj: &'a RawValue,
         keys: [&str; N],
         array_key: &str,
         elem_keys: [&str; M],
         mut f: impl FnMut(Option<[Option<&'a RawValue>; M]>),
-    ) -> Result<[Option<&'a RawValue>; N], ()> {
+    ) -> Option<[Option<&'a RawValue>; N]> {
         struct Outer<'k, 'f, F, const N: usize, const M: usize> {
             keys: [&'k str; N],
             array_key: &'k str,
@@ -460,7 +460,7 @@ pub mod raw {
             }
         }
         if !is_object(obj) {
-            return Ok([None; N]);
+            return Some([None; N]);
         }
         let mut de = serde_json::Deserializer::from_str(obj.get());
         de.deserialize_map(Outer {
@@ -469,7 +469,7 @@ pub mod raw {
             elem_keys,
             f: &mut f,
         })
-        .map_err(|_| ())
+        .ok()
     }
 
     /// For each object element of a raw JSON array, in order, the values of `keys` as

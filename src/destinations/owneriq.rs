@@ -257,7 +257,7 @@ impl Destination for OwnerIq {
             // order; other elements are passed over).
             let mark = (pairs.out.len(), pairs.url_len, pairs.count);
             let mut n = 0;
-            let picked = event.properties.map_or(Ok([None; 6]), |p| {
+            let picked = event.properties.map_or(Some([None; 6]), |p| {
                 raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
                     Some(v) => {
                         n += 1;
@@ -270,8 +270,8 @@ impl Destination for OwnerIq {
                 })
             });
             let [order_id, order_id2, id, total, revenue, email] = match picked {
-                Ok(v) => v,
-                Err(()) => {
+                Some(v) => v,
+                None => {
                     (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
                     pairs.out.truncate(mark.0);
                     let p = event.properties.map_or([None; 7], |p| {
