@@ -2,6 +2,9 @@
 //!
 //! A destination does two pure things: it **maps** an [`Event`] to a record payload (or skips
 //! or rejects it), and it **builds** the HTTP request for a record from its current settings.
+//! The mapping is written once, as [`Destination::map_into`], which encodes the payload as
+//! protobuf straight from the borrowed event (the map stage's path, [`route_encoded`]);
+//! [`Destination::map`] decodes that for `eventrelay map` and the tests.
 //! The map stage calls the first, the send stage and `eventrelay map` call the second, so what
 //! `map` prints is exactly what the sender sends.
 //!
