@@ -255,6 +255,109 @@ pub mod raw {
         }
     }
 
+    /// Any JSON value: for an array, `f` with the picked `keys` of each object element;
+    /// anything else is passed over.
+    struct Objects<'k, 'f, F, const M: usize>(&'f mut F, [&'k str; M]);
+
+    impl<'de, F: FnMut([Option<&'de RawValue>; M]), const M: usize> DeserializeSeed<'de>
+        for Objects<'_, '_, F, M>
+    {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, F: FnMut([Option<&'de RawValue>; M]), const M: usize> Visitor<'de>
+        for Objects<'_, '_, F, M>
+    {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(picked) = seq.next_element_seed(PickAny(self.1))? {
+                if let Some(picked) = picked {
+                    (self.0)(picked);
+                }
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    /// An object's picked values, or `None` for any other JSON value.
+    struct PickAny<'k, const N: usize>([&'k str; N]);
+
+    impl<'de, const N: usize> DeserializeSeed<'de> for PickAny<'_, N> {
+        type Value = Option<[Option<&'de RawValue>; N]>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, const N: usize> Visitor<'de> for PickAny<'_, N> {
+        type Value = Option<[Option<&'de RawValue>; N]>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = [None; N];
+            while let Some(Key(k)) = map.next_key()? {
+                match self.0.iter().position(|want| *want == k) {
+                    Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(Some(out))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
     /// Read the values of `keys` from a raw JSON object in one shallow pass (the last
     /// occurrence of a key wins). Not an object, or invalid JSON: all `None`.
     pub fn pick<'a, const N: usize>(
@@ -308,6 +411,101 @@ pub mod raw {
         }
         let mut de = serde_json::Deserializer::from_str(obj.get());
         de.deserialize_map(All).unwrap_or_default()
+    }
+
+    /// [`pick`] of `keys` and, in the same pass, the object elements of the array at
+    /// `array_key` picked as [`each_object`] does (`f(Some(values))` per object, in order):
+    /// the object and the array are read once. `f(None)` each time `array_key` is met, before
+    /// its elements (a repeated key: the caller drops what the earlier one gave, the last
+    /// wins as in [`pick`]). `None` when an element cannot be read as a value (a number
+    /// beyond `f64`, which the event parse accepts as text): the caller undoes what `f` did
+    /// and uses [`pick`] and [`each_object`].
+    pub fn try_pick_each<'a, const N: usize, const M: usize>(
+        obj: &'a RawValue,
+        keys: [&str; N],
+        array_key: &str,
+        elem_keys: [&str; M],
+        mut f: impl FnMut(Option<[Option<&'a RawValue>; M]>),
+    ) -> Option<[Option<&'a RawValue>; N]> {
+        struct Outer<'k, 'f, F, const N: usize, const M: usize> {
+            keys: [&'k str; N],
+            array_key: &'k str,
+            elem_keys: [&'k str; M],
+            f: &'f mut F,
+        }
+        impl<'de, F: FnMut(Option<[Option<&'de RawValue>; M]>), const N: usize, const M: usize>
+            Visitor<'de> for Outer<'_, '_, F, N, M>
+        {
+            type Value = [Option<&'de RawValue>; N];
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = [None; N];
+                while let Some(Key(k)) = map.next_key()? {
+                    if k == self.array_key {
+                        (self.f)(None);
+                        let mut each = |v| (self.f)(Some(v));
+                        map.next_value_seed(Objects(&mut each, self.elem_keys))?;
+                        continue;
+                    }
+                    match self.keys.iter().position(|want| *want == k) {
+                        Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        if !is_object(obj) {
+            return Some([None; N]);
+        }
+        let mut de = serde_json::Deserializer::from_str(obj.get());
+        de.deserialize_map(Outer {
+            keys,
+            array_key,
+            elem_keys,
+            f: &mut f,
+        })
+        .ok()
+    }
+
+    /// For each object element of a raw JSON array, in order, the values of `keys` as
+    /// [`pick`] reads them; other elements are passed over. No element list is built.
+    /// Not an array: no call.
+    pub fn each_object<'a, const N: usize>(
+        arr: &'a RawValue,
+        keys: [&str; N],
+        mut f: impl FnMut([Option<&'a RawValue>; N]),
+    ) {
+        struct Elems<'k, 'f, F, const N: usize>(&'f mut F, [&'k str; N]);
+        impl<'de, F: FnMut([Option<&'de RawValue>; N]), const N: usize> Visitor<'de>
+            for Elems<'_, '_, F, N>
+        {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                // Each element as a raw slice first: reading a non-object element as a value
+                // would parse its numbers, and one out of `f64` range (`1e400`) would end the
+                // walk early.
+                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                    if is_object(v) {
+                        (self.0)(pick(v, self.1));
+                    }
+                }
+                Ok(())
+            }
+        }
+        if !arr.get().starts_with('[') {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_str(arr.get());
+        // The slice was validated when the event was parsed; an error cannot happen here.
+        let _ = de.deserialize_seq(Elems(&mut f, keys));
     }
 
     /// The elements of a raw JSON array; anything else gives none.
@@ -702,12 +900,29 @@ impl<'a> Event<'a> {
                 ),
             ));
         }
-        if raw::depth_exceeds(bytes, MAX_DEPTH) {
-            return Err(InvalidEvent::new(
+        // Too deep wins over every other verdict. It is checked after the parse (which has no
+        // recursion: nested values are skipped iteratively), when the bytes are in the
+        // cache: checked first, this walk was the first touch of the record and cost a fifth
+        // of the mapping.
+        let too_deep = || {
+            InvalidEvent::new(
                 "too_deep",
                 format!("objects and arrays are nested deeper than {MAX_DEPTH} levels"),
-            ));
+            )
+        };
+        let fields = match Self::parse_fields(bytes) {
+            Ok(f) => f,
+            Err(_) if raw::depth_exceeds(bytes, MAX_DEPTH) => return Err(too_deep()),
+            Err(e) => return Err(e),
+        };
+        if raw::depth_exceeds(bytes, MAX_DEPTH) {
+            return Err(too_deep());
         }
+        Self::validate(fields, bytes)
+    }
+
+    /// The one serde_json pass: the top-level fields as raw slices.
+    fn parse_fields(bytes: &'a [u8]) -> Result<Fields<'a>, InvalidEvent> {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| InvalidEvent::new("invalid_json", format!("not JSON: not UTF-8 ({e})")))?;
         let not_json =
@@ -727,7 +942,7 @@ impl<'a> Event<'a> {
         let fields =
             serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).map_err(not_json)?;
         de.end().map_err(not_json)?;
-        Self::validate(fields, bytes)
+        Ok(fields)
     }
 
     fn validate(f: Fields<'a>, bytes: &[u8]) -> Result<Event<'a>, InvalidEvent> {

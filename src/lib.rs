@@ -34,8 +34,8 @@ pub use kafka::headers;
 pub use kafka::{
     all_topics, client_config, consumer_config, ensure_topics, producer_config, Embedded,
 };
-pub use pipeline::map_input;
 pub use pipeline::stage::{run_map_stage, DestOutcome, MapStats};
+pub use pipeline::{map_input, map_input_encoded};
 pub use sender::{parse_retry_after, run_send_stage, SendCount, SendStats};
 
 /// The destination-ready record schema, generated from `proto/record.proto`.

@@ -106,6 +106,25 @@ fn e3_numbers_are_kept_exactly_as_sent() {
     assert!(p.contains(&("total_cost_notax".into(), "1E2".into())));
     assert!(p.contains(&("price_1".into(), "-0".into())));
     assert!(p.contains(&("quantity_1".into(), "1.50".into())));
+    // Products after a non-object element that is a number beyond `f64` are still read
+    // (the one-pass walk over `products` falls back to raw elements).
+    // (`map` would print a Seg body `serde_json::Value` cannot read back: OwnerIQ only.)
+    let oiq = dests();
+    let (_, routed) = map_input(
+        &oiq,
+        br#"{"type":"track","userId":"u","event":"Order Completed","properties":{"orderId":"o","products":[{"sku":"a"},1e400,"x",[1e999],{"sku":"b","price":2e400}]}}"#,
+        None,
+        0,
+    )
+    .unwrap();
+    let Routed::Records(r) = &routed[0] else {
+        panic!("{routed:?}")
+    };
+    let p = decode_t(&oiq[0].build_request(&r[0]).unwrap().url).unwrap();
+    assert!(p.contains(&("id_1".into(), "a".into())), "{p:?}");
+    assert!(p.contains(&("id_2".into(), "b".into())), "{p:?}");
+    assert!(p.contains(&("price_2".into(), "2e400".into())), "{p:?}");
+    assert_eq!(p.iter().filter(|(k, _)| k.starts_with("id_")).count(), 2);
     // The Seg body embeds properties as sent (text, not a re-serialised float).
     let mut out = Vec::new();
     map_ndjson(
@@ -200,6 +219,12 @@ fn e6_nesting_beyond_the_limit_has_its_own_reason() {
         )
     };
     assert_eq!(reason(&deep(200)), "too_deep");
+    // Too deep wins over any other problem of the same record.
+    assert_eq!(reason(&format!("{} trailing", deep(200))), "too_deep");
+    assert_eq!(reason(&format!("[{}]", deep(200))), "too_deep");
+    let mut not_utf8 = deep(200).into_bytes();
+    not_utf8.insert(1, 0xff);
+    assert_eq!(Event::parse(&not_utf8).unwrap_err().reason, "too_deep");
     // Brackets inside strings do not count.
     let in_string = format!(
         r#"{{"type":"page","userId":"u","properties":{{"p":"{}"}}}}"#,

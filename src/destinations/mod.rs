@@ -2,6 +2,9 @@
 //!
 //! A destination does two pure things: it **maps** an [`Event`] to a record payload (or skips
 //! or rejects it), and it **builds** the HTTP request for a record from its current settings.
+//! The mapping is written once, as [`Destination::map_into`], which encodes the payload as
+//! protobuf straight from the borrowed event (the map stage's path, [`route_encoded`]);
+//! [`Destination::map`] decodes that for `eventrelay map` and the tests.
 //! The map stage calls the first, the send stage and `eventrelay map` call the second, so what
 //! `map` prints is exactly what the sender sends.
 //!
@@ -10,9 +13,12 @@
 
 pub mod owneriq;
 pub mod seg;
+pub(crate) mod wire;
 
 use crate::event::Event;
 use crate::record::{record::Payload, EventTimes, Record, Source};
+use prost::Message;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// What a mapper decided for one event.
@@ -23,6 +29,20 @@ pub enum MapOutcome {
     /// Normal traffic the destination does not take; counted, nothing else.
     Skip(&'static str),
     /// A data problem: the event goes to the input dead-letter topic with this reason.
+    Reject(&'static str),
+}
+
+/// What a mapper decided for one event, its payload already encoded ([`Destination::map_into`]).
+///
+/// Why not [`MapOutcome`]: the map stage only needs protobuf bytes, and building owned
+/// payloads first cost as much as parsing the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// One payload was appended.
+    Deliver,
+    /// Normal traffic the destination does not take; nothing appended.
+    Skip(&'static str),
+    /// A data problem (input dead-letter topic with this reason); nothing appended.
     Reject(&'static str),
 }
 
@@ -100,8 +120,27 @@ pub trait Destination: Send + Sync {
     fn name(&self) -> &'static str;
     /// The key in a Segment event's `integrations` object (`OwnerIQ`).
     fn integration_key(&self) -> &'static str;
-    /// Map one event. Pure: no I/O, no clock, no randomness.
-    fn map(&self, event: &Event<'_>) -> MapOutcome;
+    /// Map one event, appending the payload to `out` as the protobuf encoding of the
+    /// `Record` payload field (`owneriq = 20`, `seg = 21`, key included) when it delivers.
+    /// Pure: no I/O, no clock, no randomness. The one implementation of the mapping: the map
+    /// stage encodes records with it straight into a reused buffer ([`RecordBuf`]).
+    fn map_into(&self, event: &Event<'_>, out: &mut Vec<u8>) -> Verdict;
+    /// Map one event to owned payloads (`eventrelay map`, tests): [`Self::map_into`], decoded.
+    fn map(&self, event: &Event<'_>) -> MapOutcome {
+        let mut out = Vec::new();
+        match self.map_into(event, &mut out) {
+            Verdict::Deliver => match Record::decode(out.as_slice()) {
+                Ok(Record {
+                    payload: Some(p), ..
+                }) => MapOutcome::Deliver(vec![p]),
+                // Unreachable for the built-in destinations (their payloads are always
+                // valid); a new destination writing broken bytes shows up here in tests.
+                _ => MapOutcome::Reject("encoding_error"),
+            },
+            Verdict::Skip(r) => MapOutcome::Skip(r),
+            Verdict::Reject(r) => MapOutcome::Reject(r),
+        }
+    }
     /// Build the HTTP request for a record with the current settings.
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError>;
     /// Classify an HTTP status. Defaults to Segment's rules.
@@ -247,6 +286,97 @@ pub fn route(
         MapOutcome::Skip(r) => Routed::Skipped(r),
         MapOutcome::Reject(r) => Routed::Rejected(r),
     }
+}
+
+/// Per-destination verdicts for one event with the records already protobuf-encoded, in a
+/// buffer the map stage's worker reuses from event to event (no allocation per record once
+/// warm). [`RecordBuf::get`] gives each destination's outcome in [`route_encoded`]'s order.
+#[derive(Debug, Default)]
+pub struct RecordBuf {
+    bytes: Vec<u8>,
+    outcomes: Vec<Slot>,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Record(Range<usize>),
+    Skipped(&'static str),
+    Rejected(&'static str),
+}
+
+/// One destination's outcome in a [`RecordBuf`]: like [`Routed`], the record as its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded<'b> {
+    /// The encoded `Record` to produce.
+    Record(&'b [u8]),
+    /// Skipped with a reason (including `disabled` by the integrations object).
+    Skipped(&'static str),
+    /// Rejected with a reason.
+    Rejected(&'static str),
+}
+
+impl RecordBuf {
+    /// An empty buffer; it grows to the largest event's records and stays there.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forget the previous event's outcomes, keeping the memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.outcomes.clear();
+    }
+
+    /// Number of outcomes (one per destination routed since [`Self::clear`]).
+    pub fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// Whether no destination was routed since [`Self::clear`].
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    /// The `i`-th outcome.
+    pub fn get(&self, i: usize) -> Encoded<'_> {
+        match &self.outcomes[i] {
+            Slot::Record(r) => Encoded::Record(&self.bytes[r.clone()]),
+            Slot::Skipped(r) => Encoded::Skipped(r),
+            Slot::Rejected(r) => Encoded::Rejected(r),
+        }
+    }
+
+    /// Every outcome, in routing order.
+    pub fn iter(&self) -> impl Iterator<Item = Encoded<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+/// [`route`] for the map stage: the same verdict, the record encoded into `buf` (bytes equal
+/// to `Record::encode_to_vec()` of what [`route`] returns) and appended as one outcome.
+pub fn route_encoded(
+    dest: &dyn Destination,
+    event: &Event<'_>,
+    source: Option<&Source>,
+    received_at_ms: i64,
+    buf: &mut RecordBuf,
+) {
+    if !event.enabled_for(dest.integration_key()) {
+        buf.outcomes.push(Slot::Skipped("disabled"));
+        return;
+    }
+    let out = &mut buf.bytes;
+    let start = out.len();
+    wire::put_envelope(out, dest.name(), event, source, received_at_ms);
+    let slot = match dest.map_into(event, out) {
+        Verdict::Deliver => Slot::Record(start..out.len()),
+        Verdict::Skip(r) => Slot::Skipped(r),
+        Verdict::Reject(r) => Slot::Rejected(r),
+    };
+    if !matches!(slot, Slot::Record(_)) {
+        out.truncate(start);
+    }
+    buf.outcomes.push(slot);
 }
 
 /// The common request headers every destination sends.

@@ -6,14 +6,13 @@
 //! `|`, `&` and `=` inside a value can never be confused with the separators.
 
 use super::{
-    common_headers, deny_unknown, endpoint, required_str, BuildError, ConfigError, Destination,
-    HttpRequest, MapOutcome, Method,
+    common_headers, deny_unknown, endpoint, required_str, wire, BuildError, ConfigError,
+    Destination, HttpRequest, Method, Verdict,
 };
 use crate::event::{raw, Ecommerce, Event, EventType};
-use crate::record::{owner_iq_hit::Kind, record::Payload, OwnerIqHit, Pair, Record};
+use crate::record::{owner_iq_hit::Kind, record::Payload, Record};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::value::RawValue;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Longest OwnerIQ URL sent. Common servers refuse a request line over 8 KB (nginx's
@@ -73,25 +72,99 @@ pub fn encode(s: &str) -> String {
 }
 
 /// Length of `s` once percent-encoded, without encoding it.
-fn encoded_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                1
-            } else {
-                3
+fn encoded_len(s: &[u8]) -> usize {
+    // Each byte takes 1 or 3: a table, so the loop has no branches (it runs for every key and
+    // value of every conversion).
+    const WIDTH: [u8; 256] = {
+        let mut t = [3u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                t[b] = 1;
             }
-        })
-        .sum()
+            b += 1;
+        }
+        t
+    };
+    s.iter().map(|&b| usize::from(WIDTH[usize::from(b)])).sum()
 }
 
-fn push(pairs: &mut Vec<Pair>, key: impl Into<String>, value: Option<&RawValue>) {
-    if let Some(value) = value.and_then(raw::text) {
-        pairs.push(Pair {
-            key: key.into(),
-            value: value.into_owned(),
-        });
+/// The product fields the `t` list takes.
+const PRODUCT_KEYS: [&str; 7] = [
+    "brand", "sku", "price", "category", "quantity", "name", "title",
+];
+
+/// The order fields the `t` list takes from `properties` (besides `products`).
+const ORDER_KEYS: [&str; 6] = ["orderId", "order_id", "id", "total", "revenue", "email"];
+
+/// The `t` list being encoded into an `OwnerIqHit` (field 2, `repeated Pair`), with the
+/// length its URL form will have.
+struct Pairs<'o> {
+    out: &'o mut Vec<u8>,
+    /// Percent-encoded `key|value` bytes so far, commas included.
+    url_len: usize,
+    count: usize,
+}
+
+impl Pairs<'_> {
+    fn add(&mut self, key: &[u8], value: &str) {
+        let value = value.as_bytes();
+        let len = wire::str_field_len(1, key) + wire::str_field_len(2, value);
+        self.out.reserve(len + 3);
+        wire::put_len_header(self.out, 2, len);
+        wire::put_str(self.out, 1, key);
+        wire::put_str(self.out, 2, value);
+        self.url_len += encoded_len(key) + 1 + encoded_len(value) + usize::from(self.count > 0);
+        self.count += 1;
     }
+
+    fn push(&mut self, key: &[u8], value: Option<&RawValue>) {
+        if let Some(value) = value.and_then(raw::text) {
+            self.add(key, &value);
+        }
+    }
+
+    /// The pairs of the `n`-th product (values in [`PRODUCT_KEYS`] order).
+    fn product(&mut self, n: usize, values: [Option<&RawValue>; 7]) {
+        let [brand, sku, price, category, quantity, name, title] = values;
+        self.push_nth("brand", n, raw::present(brand));
+        self.push_nth("id", n, raw::present(sku));
+        self.push_nth("price", n, raw::present(price));
+        self.push_nth("product_type", n, raw::present(category));
+        self.push_nth("quantity", n, raw::present(quantity));
+        self.push_nth("name", n, first([name, title]));
+    }
+
+    /// `{name}_{n}` as a key.
+    fn push_nth(&mut self, name: &str, n: usize, value: Option<&RawValue>) {
+        if value.is_some() {
+            let mut key = [0u8; 40];
+            let len = nth_key(&mut key, name, n);
+            self.push(&key[..len], value);
+        }
+    }
+}
+
+/// Write `{name}_{n}` into `buf` (names are short constants), returning its length.
+fn nth_key(buf: &mut [u8; 40], name: &str, mut n: usize) -> usize {
+    let name = name.as_bytes();
+    buf[..name.len()].copy_from_slice(name);
+    buf[name.len()] = b'_';
+    let mut digits = [0u8; 20];
+    let mut d = digits.len();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let at = name.len() + 1;
+    let nd = digits.len() - d;
+    buf[at..at + nd].copy_from_slice(&digits[d..]);
+    at + nd
 }
 
 /// The first of `values` that is present and not null.
@@ -99,23 +172,12 @@ fn first<const N: usize>(values: [Option<&RawValue>; N]) -> Option<&RawValue> {
     values.into_iter().find_map(raw::present)
 }
 
-fn match_keys(event: &Event<'_>, props_email: Option<&RawValue>, pairs: &mut Vec<Pair>) {
-    let email = match event.email() {
-        Some(e) => Some(e.to_string()),
-        None => raw::present(props_email)
-            .and_then(raw::text)
-            .map(Cow::into_owned),
-    };
-    if let Some(value) = email {
-        pairs.push(Pair {
-            key: "email".into(),
-            value,
-        });
+fn match_keys(event: &Event<'_>, props_email: Option<&RawValue>, pairs: &mut Pairs<'_>) {
+    match event.email() {
+        Some(e) => pairs.add(b"email", e),
+        None => pairs.push(b"email", raw::present(props_email)),
     }
-    pairs.push(Pair {
-        key: "customer_id".into(),
-        value: event.user_key().to_string(),
-    });
+    pairs.add(b"customer_id", event.user_key());
 }
 
 impl OwnerIq {
@@ -139,22 +201,18 @@ impl OwnerIq {
         Some(url)
     }
 
-    /// The length of the URL for these pairs, computed without building it.
-    fn url_len(&self, kind: Kind, pairs: &[Pair]) -> usize {
-        let prefix = match kind {
-            Kind::Page => encoded_len(&self.analytics_tag_id),
-            Kind::Conversion => encoded_len(&self.dct_tag_id) + "&cnv=true".len(),
+    /// The length of the URL up to `&t=` for a hit of this kind, computed without building it.
+    fn prefix_len(&self, kind: Kind) -> usize {
+        let tag = match kind {
+            Kind::Page => encoded_len(self.analytics_tag_id.as_bytes()),
+            Kind::Conversion => encoded_len(self.dct_tag_id.as_bytes()) + "&cnv=true".len(),
             Kind::Unspecified => 0,
-        } + self.endpoint.len()
+        };
+        tag + self.endpoint.len()
             + "/j/?pt=".len()
-            + encoded_len(&self.data_group_id)
+            + encoded_len(self.data_group_id.as_bytes())
             + "&s=".len()
-            + "&t=".len();
-        let t: usize = pairs
-            .iter()
-            .map(|p| encoded_len(&p.key) + 1 + encoded_len(&p.value))
-            .sum();
-        prefix + t + pairs.len().saturating_sub(1)
+            + "&t=".len()
     }
 }
 
@@ -167,86 +225,95 @@ impl Destination for OwnerIq {
         "OwnerIQ"
     }
 
-    fn map(&self, event: &Event<'_>) -> MapOutcome {
-        let mut pairs = Vec::new();
-        let mut props_email = None;
+    fn map_into(&self, event: &Event<'_>, out: &mut Vec<u8>) -> Verdict {
         let kind = match event.kind {
-            EventType::Page => {
-                if event.email().is_none() {
-                    props_email = event.properties.and_then(|p| raw::pick(p, ["email"])[0]);
-                }
-                Kind::Page
-            }
+            EventType::Page => Kind::Page,
             EventType::Track => {
                 if event.event_name().and_then(Ecommerce::from_name)
                     != Some(Ecommerce::OrderCompleted)
                 {
-                    return MapOutcome::Skip("unmapped_event");
-                }
-                let [products, order_id, order_id2, id, total, revenue, email] =
-                    event.properties.map_or([None; 7], |p| {
-                        raw::pick(
-                            p,
-                            [
-                                "products", "orderId", "order_id", "id", "total", "revenue",
-                                "email",
-                            ],
-                        )
-                    });
-                props_email = email;
-                let products = products.map(raw::elements).unwrap_or_default();
-                for (i, product) in products
-                    .into_iter()
-                    .filter(|p| raw::is_object(p))
-                    .enumerate()
-                {
-                    let n = i + 1;
-                    let [brand, sku, price, category, quantity, name, title] = raw::pick(
-                        product,
-                        [
-                            "brand", "sku", "price", "category", "quantity", "name", "title",
-                        ],
-                    );
-                    push(&mut pairs, format!("brand_{n}"), raw::present(brand));
-                    push(&mut pairs, format!("id_{n}"), raw::present(sku));
-                    push(&mut pairs, format!("price_{n}"), raw::present(price));
-                    push(
-                        &mut pairs,
-                        format!("product_type_{n}"),
-                        raw::present(category),
-                    );
-                    push(&mut pairs, format!("quantity_{n}"), raw::present(quantity));
-                    push(&mut pairs, format!("name_{n}"), first([name, title]));
-                }
-                // The first usable id: a blank string falls back to the next name.
-                let order_id = [order_id, order_id2, id].into_iter().find(|v| {
-                    v.is_some_and(|v| {
-                        !raw::is_null(v) && raw::as_str(v).is_none_or(|s| !s.trim().is_empty())
-                    })
-                });
-                let Some(order_id) = order_id else {
-                    return MapOutcome::Reject("missing_order_id");
-                };
-                push(&mut pairs, "order_id", order_id);
-                match first([total, revenue]) {
-                    Some(total) => push(&mut pairs, "total_cost_notax", Some(total)),
-                    None => pairs.push(Pair {
-                        key: "total_cost_notax".into(),
-                        value: "0".into(),
-                    }),
+                    return Verdict::Skip("unmapped_event");
                 }
                 Kind::Conversion
             }
-            _ => return MapOutcome::Skip("unsupported_type"),
+            _ => return Verdict::Skip("unsupported_type"),
         };
-        match_keys(event, props_email, &mut pairs);
-        if self.url_len(kind, &pairs) > MAX_URL_BYTES {
-            return MapOutcome::Reject("url_too_long");
+        // A page hit is two short pairs; a conversion many (the guess sizes the length prefix).
+        let hit = wire::open(out, 20, if kind == Kind::Page { 80 } else { 1024 });
+        wire::put_key(out, 1, 0);
+        wire::put_varint(out, kind as u64);
+        let mut pairs = Pairs {
+            out: &mut *out,
+            url_len: 0,
+            count: 0,
+        };
+        let mut props_email = None;
+        if kind == Kind::Page {
+            if event.email().is_none() {
+                props_email = event.properties.and_then(|p| raw::pick(p, ["email"])[0]);
+            }
+        } else {
+            // One pass over `properties`, products included (objects only, numbered from 1 in
+            // order; other elements are passed over).
+            let mark = (pairs.out.len(), pairs.url_len, pairs.count);
+            let mut n = 0;
+            let picked = event.properties.map_or(Some([None; 6]), |p| {
+                raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
+                    Some(v) => {
+                        n += 1;
+                        pairs.product(n, v);
+                    }
+                    None => {
+                        (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+                        pairs.out.truncate(mark.0);
+                    }
+                })
+            });
+            let [order_id, order_id2, id, total, revenue, email] = match picked {
+                Some(v) => v,
+                None => {
+                    (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+                    pairs.out.truncate(mark.0);
+                    let p = event.properties.map_or([None; 7], |p| {
+                        raw::pick(
+                            p,
+                            [
+                                "orderId", "order_id", "id", "total", "revenue", "email",
+                                "products",
+                            ],
+                        )
+                    });
+                    if let Some(products) = p[6] {
+                        raw::each_object(products, PRODUCT_KEYS, |v| {
+                            n += 1;
+                            pairs.product(n, v);
+                        });
+                    }
+                    [p[0], p[1], p[2], p[3], p[4], p[5]]
+                }
+            };
+            props_email = email;
+            // The first usable id: a blank string falls back to the next name.
+            let order_id = [order_id, order_id2, id].into_iter().find(|v| {
+                v.is_some_and(|v| {
+                    !raw::is_null(v) && raw::as_str(v).is_none_or(|s| !s.trim().is_empty())
+                })
+            });
+            let Some(order_id) = order_id else {
+                return Verdict::Reject("missing_order_id");
+            };
+            pairs.push(b"order_id", order_id);
+            match first([total, revenue]) {
+                Some(total) => pairs.push(b"total_cost_notax", Some(total)),
+                None => pairs.add(b"total_cost_notax", "0"),
+            }
         }
-        MapOutcome::Deliver(vec![Payload::Owneriq(OwnerIqHit {
-            kind: kind as i32,
-            pairs,
-        })])
+        match_keys(event, props_email, &mut pairs);
+        if self.prefix_len(kind) + pairs.url_len > MAX_URL_BYTES {
+            return Verdict::Reject("url_too_long");
+        }
+        wire::close(out, hit);
+        Verdict::Deliver
     }
 
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError> {

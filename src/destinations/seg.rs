@@ -7,11 +7,11 @@
 //! raw JSON text they came as: numbers, escapes and key order reach Seg exactly as sent.
 
 use super::{
-    common_headers, deny_unknown, endpoint, required_str, AnswerClass, BuildError, ConfigError,
-    Destination, HttpRequest, MapOutcome, Method,
+    common_headers, deny_unknown, endpoint, required_str, wire, AnswerClass, BuildError,
+    ConfigError, Destination, HttpRequest, Method, Verdict,
 };
 use crate::event::{raw, Ecommerce, Event, EventType};
-use crate::record::{record::Payload, Record, SegEvent};
+use crate::record::{record::Payload, Record};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -71,22 +71,24 @@ pub fn is_email(s: &str) -> bool {
         && !s.chars().any(char::is_whitespace)
 }
 
-/// Writes a JSON object field by field: strings escaped, raw slices copied as they are.
-struct Writer {
-    out: Vec<u8>,
+/// Writes a JSON object field by field into a borrowed buffer (the record being encoded):
+/// strings escaped, raw slices copied as they are.
+struct Writer<'o> {
+    out: &'o mut Vec<u8>,
+    empty: bool,
 }
 
-impl Writer {
-    fn new(capacity: usize) -> Self {
-        let mut out = Vec::with_capacity(capacity);
+impl<'o> Writer<'o> {
+    fn new(out: &'o mut Vec<u8>) -> Self {
         out.push(b'{');
-        Writer { out }
+        Writer { out, empty: true }
     }
 
     fn key(&mut self, key: &str) {
-        if self.out.len() > 1 {
+        if !self.empty {
             self.out.push(b',');
         }
+        self.empty = false;
         self.out.push(b'"');
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -95,7 +97,7 @@ impl Writer {
     fn str(&mut self, key: &str, value: Option<&str>) {
         if let Some(v) = value {
             self.key(key);
-            escape_into(&mut self.out, v);
+            escape_into(self.out, v);
         }
     }
 
@@ -106,9 +108,8 @@ impl Writer {
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(self) {
         self.out.push(b'}');
-        self.out
     }
 }
 
@@ -116,6 +117,12 @@ impl Writer {
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Ids, timestamps and emails rarely need escaping: one check, one copy.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -162,12 +169,33 @@ impl Destination for Seg {
         "Seg"
     }
 
-    fn map(&self, event: &Event<'_>) -> MapOutcome {
+    fn map_into(&self, event: &Event<'_>, out: &mut Vec<u8>) -> Verdict {
         let email = event.email();
+        // The skips decided by the type alone, before anything is written.
+        match event.kind {
+            EventType::Screen | EventType::Group => return Verdict::Skip("unsupported_type"),
+            EventType::Identify if email.is_none() => return Verdict::Skip("missing_email"),
+            _ => {}
+        }
         let raw_len = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
-        let mut w = Writer::new(
-            160 + raw_len(event.properties) + raw_len(event.traits) + event.message_id.len(),
-        );
+        let str_len = |v: Option<&str>| v.map_or(0, str::len);
+        // About the body's length (its size class is what matters: the length prefixes are
+        // written before the body, and a wrong guess costs a copy of it).
+        let expect = 112
+            + event.message_id.len()
+            + str_len(event.timestamp())
+            + str_len(event.user_id.as_deref())
+            + str_len(event.anonymous_id.as_deref())
+            + str_len(email)
+            + raw_len(event.properties)
+            + match event.kind {
+                EventType::Identify => raw_len(event.traits),
+                EventType::Track => raw_len(event.context_page) / 2,
+                _ => 0,
+            };
+        out.reserve(expect + 16);
+        let payload = wire::open_wrapped(out, 21, expect);
+        let mut w = Writer::new(out);
         w.str("type", Some(event.kind.as_str()));
         w.str("messageId", Some(&event.message_id));
         w.str("timestamp", event.timestamp());
@@ -181,7 +209,7 @@ impl Destination for Seg {
         match event.kind {
             EventType::Identify => {
                 if email.is_none() {
-                    return MapOutcome::Skip("missing_email");
+                    return Verdict::Skip("missing_email");
                 }
                 w.raw(
                     "traits",
@@ -193,7 +221,7 @@ impl Destination for Seg {
             }
             EventType::Track => {
                 let Some(name) = event.event_name().and_then(seg_event_name) else {
-                    return MapOutcome::Skip("unmapped_event");
+                    return Verdict::Skip("unmapped_event");
                 };
                 w.str("event", Some(name));
                 w.raw("properties", props);
@@ -202,10 +230,10 @@ impl Destination for Seg {
                     let (url, title) = (raw::present(url), raw::present(title));
                     if url.is_some() || title.is_some() {
                         w.key("page");
-                        let mut p = Writer::new(16 + raw_len(url) + raw_len(title));
+                        let mut p = Writer::new(w.out);
                         p.raw("url", url);
                         p.raw("title", title);
-                        w.out.extend_from_slice(&p.finish());
+                        p.finish();
                     }
                 }
             }
@@ -225,13 +253,15 @@ impl Destination for Seg {
                 let previous = event.previous_id.as_deref().unwrap_or_default();
                 let user = event.user_id.as_deref().unwrap_or_default();
                 if !(is_email(previous) && is_email(user)) {
-                    return MapOutcome::Skip("alias_not_email");
+                    return Verdict::Skip("alias_not_email");
                 }
                 w.str("previousId", Some(previous));
             }
-            EventType::Screen | EventType::Group => return MapOutcome::Skip("unsupported_type"),
+            EventType::Screen | EventType::Group => return Verdict::Skip("unsupported_type"),
         }
-        MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: w.finish() })])
+        w.finish();
+        wire::close_wrapped(out, payload, 1);
+        Verdict::Deliver
     }
 
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError> {

@@ -14,7 +14,7 @@
 //! transaction instead.
 
 use crate::config::Config;
-use crate::destinations::{Destination, Routed};
+use crate::destinations::{Destination, Encoded, RecordBuf};
 use crate::event::now_millis;
 use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin};
 use crate::kafka::{
@@ -22,11 +22,10 @@ use crate::kafka::{
     Transactional,
 };
 use crate::pipeline::dedup::Dedup;
-use crate::pipeline::map_input;
+use crate::pipeline::map_input_encoded;
 use crate::record::Source;
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use prost::Message as _;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
@@ -403,6 +402,8 @@ fn worker(
 ) {
     let mut local = LocalStats::default();
     let mut dedup = Dedup::new(route.dedup_window_ms, route.dedup_per_worker);
+    // Records are encoded into this buffer, reused from event to event.
+    let mut records = RecordBuf::new();
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -412,7 +413,15 @@ fn worker(
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        process(job, route, progress, producer, &mut local, &mut dedup);
+        process(
+            job,
+            route,
+            progress,
+            producer,
+            &mut local,
+            &mut dedup,
+            &mut records,
+        );
         local.since_flush += 1;
         if local.since_flush >= 1024 || rx.is_empty() {
             local.flush(stats);
@@ -478,6 +487,7 @@ fn process(
     producer: &MapProducer,
     local: &mut LocalStats,
     dedup: &mut Dedup,
+    records: &mut RecordBuf,
 ) {
     let slot = job.slot;
     let origin = Origin {
@@ -492,12 +502,14 @@ fn process(
     };
     let payload = job.payload.as_deref();
     let key = job.key.as_deref();
-    let mapped = map_input(
+    let mapped = map_input_encoded(
         &route.dests,
         payload.unwrap_or_default(),
         Some(&source),
         job.timestamp_ms,
+        records,
     );
+    let records = &*records;
     let mut outputs: Vec<Output<'_>> = Vec::new();
     match &mapped {
         Err(invalid) => {
@@ -520,32 +532,30 @@ fn process(
                 headers: Some(h),
             });
         }
-        Ok((event, _))
+        Ok(event)
             if dedup.is_duplicate(slot.partition, slot.offset, &event.message_id, now_millis()) =>
         {
             for d in &route.dests {
                 local.count(Outcome::Dest(d.name(), DestOutcome::Skipped(DUPLICATE)));
             }
         }
-        Ok((event, routed)) => {
-            for (i, r) in routed.iter().enumerate() {
+        Ok(event) => {
+            for (i, r) in records.iter().enumerate() {
                 let name = route.dests[i].name();
                 match r {
-                    Routed::Records(records) => {
-                        for record in records {
-                            local.count(Outcome::Dest(name, DestOutcome::Produced));
-                            outputs.push(Output {
-                                topic: &route.topics[i],
-                                key: Some(event.user_key().as_bytes()),
-                                value: Some(Cow::Owned(record.encode_to_vec())),
-                                headers: None,
-                            });
-                        }
+                    Encoded::Record(record) => {
+                        local.count(Outcome::Dest(name, DestOutcome::Produced));
+                        outputs.push(Output {
+                            topic: &route.topics[i],
+                            key: Some(event.user_key().as_bytes()),
+                            value: Some(Cow::Borrowed(record)),
+                            headers: None,
+                        });
                     }
-                    Routed::Skipped(reason) => {
+                    Encoded::Skipped(reason) => {
                         local.count(Outcome::Dest(name, DestOutcome::Skipped(reason)));
                     }
-                    Routed::Rejected(reason) => {
+                    Encoded::Rejected(reason) => {
                         local.count(Outcome::Dest(name, DestOutcome::Rejected(reason)));
                         let msg = format!("{name} rejected the event: {reason}");
                         let h = headers::dead_letter(
