@@ -236,6 +236,11 @@ pub fn run_map_stage(
     tracing::info!(topic = %k.input_topic, group = %k.group_id, workers = cfg.map.worker_count(),
         exactly_once = k.exactly_once, "map stage started");
     let (lanes, workers) = start_workers(cfg, &route, &progress, &producer, &stats)?;
+    // Series that alerts and the dashboard divide by exist from the start at 0.
+    for d in &route.dests {
+        metrics::counter!("eventrelay_records_produced_total", "destination" => d.name())
+            .increment(0);
+    }
     let intake = MapIntake {
         stats: stats.clone(),
         consumed: metrics::counter!("eventrelay_events_consumed_total", "topic" => k.input_topic.clone()),

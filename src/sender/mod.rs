@@ -109,6 +109,13 @@ struct LaneMetrics {
 
 impl LaneMetrics {
     fn new(name: &'static str) -> LaneMetrics {
+        // Every outcome's series exists from the start at 0, so the first burst of retries or
+        // dead letters is an increase `rate()` can see (a series born at its first increment
+        // shows none, and alerts on it never fire).
+        for outcome in ["retry", "dead_letter"] {
+            metrics::counter!("eventrelay_deliveries_total", "destination" => name, "outcome" => outcome)
+                .increment(0);
+        }
         LaneMetrics {
             duration: metrics::histogram!("eventrelay_delivery_duration_seconds", "destination" => name),
             end_to_end: metrics::histogram!("eventrelay_end_to_end_latency_seconds", "destination" => name),
