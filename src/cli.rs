@@ -270,17 +270,14 @@ impl TailCmd {
             output,
             interval_ms,
         } = self;
-        Config::load(Some(&config)).and_then(|cfg| {
-            crate::ops::deliveries::run_tail(
-                &cfg,
-                &crate::ops::deliveries::TailArgs {
-                    destination,
-                    failed,
-                    output,
-                    interval: std::time::Duration::from_millis(interval_ms.max(100)),
-                },
-            )
-        })
+        let cfg = Config::load(Some(&config))?;
+        let args = crate::ops::deliveries::TailArgs {
+            destination,
+            failed,
+            output,
+            interval: std::time::Duration::from_millis(interval_ms.max(100)),
+        };
+        crate::app::runtime()?.block_on(crate::ops::deliveries::run_tail(&cfg, &args))
     }
 }
 

@@ -120,6 +120,21 @@ pub fn tier_label(d: Duration) -> String {
     }
 }
 
+/// Attempts kept per destination unless `metrics.deliveries_kept` says otherwise: enough to
+/// see a burst of failures, small enough (well under a megabyte) to never matter.
+pub const DEFAULT_KEPT: usize = 1_000;
+
+/// The most `metrics.deliveries_kept` may ask for, so a typo cannot make the view a leak.
+pub const MAX_KEPT: usize = 100_000;
+
+/// Reject a `metrics.deliveries_kept` above [`MAX_KEPT`].
+fn check_kept(kept: usize) -> Result<()> {
+    if kept > MAX_KEPT {
+        bail!("invalid configuration: metrics.deliveries_kept {kept} is more than {MAX_KEPT}");
+    }
+    Ok(())
+}
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,7 +149,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
-            deliveries_kept: crate::ops::deliveries::DEFAULT_KEPT,
+            deliveries_kept: DEFAULT_KEPT,
         }
     }
 }
@@ -439,7 +454,7 @@ impl Config {
                 self.metrics.listen
             )
         })?;
-        crate::ops::deliveries::check_kept(self.metrics.deliveries_kept)?;
+        check_kept(self.metrics.deliveries_kept)?;
         if self.map.max_in_flight == 0 {
             bail!("invalid configuration: map.max_in_flight must be at least 1");
         }

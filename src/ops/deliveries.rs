@@ -19,7 +19,7 @@
 use crate::config::Config;
 use crate::event::now_millis;
 use crate::ops::Output;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,12 +28,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Attempts kept per destination unless `metrics.deliveries_kept` says otherwise: enough to
-/// see a burst of failures, small enough (well under a megabyte) to never matter.
-pub const DEFAULT_KEPT: usize = 1_000;
-
-/// The most `metrics.deliveries_kept` may ask for, so a typo cannot make the view a leak.
-pub const MAX_KEPT: usize = 100_000;
+pub use crate::config::{DEFAULT_KEPT, MAX_KEPT};
 
 /// Attempts one `/deliveries` answer holds when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -312,7 +307,7 @@ impl DeliveryLog {
     }
 
     /// The ring the send stage of `destination` records into: its own, or one keeping nothing
-    /// when the log was built without it (a stage started outside [`crate::app::Running`]).
+    /// when the log was built without it (a stage started outside `app::Running`).
     pub fn for_sender(&self, destination: &str) -> Arc<DestinationLog> {
         self.destination(destination)
             .unwrap_or_else(|| Arc::new(DestinationLog::new(destination, 0)))
@@ -520,15 +515,13 @@ pub fn ops_base_url(cfg: &Config) -> Result<String> {
 
 /// `eventrelay tail`: follow the attempts of a destination of the process configured by `cfg`
 /// on stdout until Ctrl-C.
-pub fn run_tail(cfg: &Config, args: &TailArgs) -> Result<()> {
+pub async fn run_tail(cfg: &Config, args: &TailArgs) -> Result<()> {
     let base = ops_base_url(cfg)?;
-    crate::app::runtime()?.block_on(async {
-        let mut out = std::io::stdout();
-        tail(&base, args, &mut out, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let mut out = std::io::stdout();
+    tail(&base, args, &mut out, async {
+        let _ = tokio::signal::ctrl_c().await;
     })
+    .await
 }
 
 /// Why one poll of the endpoint failed.
@@ -697,14 +690,6 @@ pub fn answer_snippet(body: &[u8]) -> Option<String> {
         s.push('…');
     }
     Some(s)
-}
-
-/// Reject a `metrics.deliveries_kept` above [`MAX_KEPT`].
-pub fn check_kept(kept: usize) -> Result<()> {
-    if kept > MAX_KEPT {
-        bail!("invalid configuration: metrics.deliveries_kept {kept} is more than {MAX_KEPT}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
