@@ -485,6 +485,7 @@ struct Output<'a> {
     headers: Option<OwnedHeaders>,
 }
 
+/// Map one input record and hand its outputs to the producer.
 fn process(
     job: Job,
     route: &Route,
@@ -494,48 +495,30 @@ fn process(
     dedup: &mut Dedup,
     records: &mut RecordBuf,
 ) {
-    let slot = job.slot;
-    let origin = Origin {
-        topic: slot.topic.to_string(),
-        partition: slot.partition,
-        offset: slot.offset,
-    };
+    let slot = &job.slot;
     let source = Source {
         topic: slot.topic.to_string(),
         partition: slot.partition,
         offset: slot.offset,
     };
-    let payload = job.payload.as_deref();
-    let key = job.key.as_deref();
     let mapped = map_input_encoded(
         &route.dests,
-        payload.unwrap_or_default(),
+        job.payload.as_deref().unwrap_or_default(),
         Some(&source),
         job.timestamp_ms,
         records,
     );
-    let records = &*records;
-    let mut outputs: Vec<Output<'_>> = Vec::new();
-    match &mapped {
+    let outputs = match &mapped {
         Err(invalid) => {
             local.count(Outcome::Invalid(invalid.reason));
-            let h = headers::dead_letter(
-                job.headers.as_ref(),
-                &DeadLetter {
-                    stage: ErrorStage::Parse,
-                    reason: invalid.reason,
-                    message: &invalid.message,
-                    origin: &origin,
-                    destination: None,
-                    send: None,
-                },
-            );
-            outputs.push(Output {
-                topic: &route.dlq,
-                key,
-                value: payload.map(Cow::Borrowed),
-                headers: Some(h),
-            });
+            vec![dead_letter(
+                &job,
+                route,
+                ErrorStage::Parse,
+                invalid.reason,
+                &invalid.message,
+                None,
+            )]
         }
         Ok(event)
             if dedup.is_duplicate(slot.partition, slot.offset, &event.message_id, now_millis()) =>
@@ -543,52 +526,95 @@ fn process(
             for d in &route.dests {
                 local.count(Outcome::Dest(d.name(), DestOutcome::Skipped(DUPLICATE)));
             }
+            Vec::new()
         }
-        Ok(event) => {
-            for (i, r) in records.iter().enumerate() {
-                let name = route.dests[i].name();
-                match r {
-                    Encoded::Record(record) => {
-                        local.count(Outcome::Dest(name, DestOutcome::Produced));
-                        outputs.push(Output {
-                            topic: &route.topics[i],
-                            key: Some(event.user_key().as_bytes()),
-                            value: Some(Cow::Borrowed(record)),
-                            headers: None,
-                        });
-                    }
-                    Encoded::Skipped(reason) => {
-                        local.count(Outcome::Dest(name, DestOutcome::Skipped(reason)));
-                    }
-                    Encoded::Rejected(reason) => {
-                        local.count(Outcome::Dest(name, DestOutcome::Rejected(reason)));
-                        let msg = format!("{name} rejected the event: {reason}");
-                        let h = headers::dead_letter(
-                            job.headers.as_ref(),
-                            &DeadLetter {
-                                stage: ErrorStage::Map,
-                                reason,
-                                message: &msg,
-                                origin: &origin,
-                                destination: Some(name),
-                                send: None,
-                            },
-                        );
-                        outputs.push(Output {
-                            topic: &route.dlq,
-                            key,
-                            value: payload.map(Cow::Borrowed),
-                            headers: Some(h),
-                        });
-                    }
-                }
+        Ok(event) => destination_outputs(&job, route, event.user_key().as_bytes(), records, local),
+    };
+    // One mapping token was registered; it becomes one piece of work per output.
+    progress.adjust(slot, outputs.len() as i64 - 1);
+    produce_all(outputs, slot, producer, progress);
+}
+
+/// Per destination: its record, or a dead letter for a reject; skips are only counted.
+fn destination_outputs<'a>(
+    job: &'a Job,
+    route: &'a Route,
+    user_key: &'a [u8],
+    records: &'a RecordBuf,
+    local: &mut LocalStats,
+) -> Vec<Output<'a>> {
+    let mut outputs = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let name = route.dests[i].name();
+        match r {
+            Encoded::Record(record) => {
+                local.count(Outcome::Dest(name, DestOutcome::Produced));
+                outputs.push(Output {
+                    topic: &route.topics[i],
+                    key: Some(user_key),
+                    value: Some(Cow::Borrowed(record)),
+                    headers: None,
+                });
+            }
+            Encoded::Skipped(reason) => {
+                local.count(Outcome::Dest(name, DestOutcome::Skipped(reason)));
+            }
+            Encoded::Rejected(reason) => {
+                local.count(Outcome::Dest(name, DestOutcome::Rejected(reason)));
+                let msg = format!("{name} rejected the event: {reason}");
+                outputs.push(dead_letter(
+                    job,
+                    route,
+                    ErrorStage::Map,
+                    reason,
+                    &msg,
+                    Some(name),
+                ));
             }
         }
     }
-    // One mapping token was registered; it becomes one piece of work per output.
-    progress.adjust(&slot, outputs.len() as i64 - 1);
+    outputs
+}
+
+/// The input record as read (key, value, headers) for the input dead-letter topic, with the
+/// verdict in the `eventrelay.error.*` headers.
+fn dead_letter<'a>(
+    job: &'a Job,
+    route: &'a Route,
+    stage: ErrorStage,
+    reason: &str,
+    message: &str,
+    destination: Option<&str>,
+) -> Output<'a> {
+    let origin = Origin {
+        topic: job.slot.topic.to_string(),
+        partition: job.slot.partition,
+        offset: job.slot.offset,
+    };
+    let h = headers::dead_letter(
+        job.headers.as_ref(),
+        &DeadLetter {
+            stage,
+            reason,
+            message,
+            origin: &origin,
+            destination,
+            send: None,
+        },
+    );
+    Output {
+        topic: &route.dlq,
+        key: job.key.as_deref(),
+        value: job.payload.as_deref().map(Cow::Borrowed),
+        headers: Some(h),
+    }
+}
+
+/// Hand every output to the producer; one that cannot be produced at all holds the input
+/// offset back for good (the stage then stops and a restart re-reads it).
+fn produce_all(outputs: Vec<Output<'_>>, slot: &Slot, producer: &MapProducer, progress: &Progress) {
     for out in outputs {
-        let build = |value, headers| record_for(&out, value, headers, &slot);
+        let build = |value, headers| record_for(&out, value, headers, slot);
         let sent = match produce(producer, build(out.value.as_deref(), out.headers.clone())) {
             // A dead letter too large for the producer (an oversized input plus headers): keep
             // the verdict and the coordinates, drop the value, rather than stop the pipeline.
@@ -602,7 +628,7 @@ fn process(
         };
         if sent.is_err() {
             // Nothing will acknowledge it: the offset must never be committed past it.
-            progress.fail(&slot);
+            progress.fail(slot);
         }
     }
 }

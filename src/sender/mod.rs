@@ -183,6 +183,56 @@ struct AttemptError {
 /// Longest `Retry-After` waited in place; longer ones go to the retry topic.
 const MAX_IN_PLACE_WAIT: Duration = Duration::from_secs(5);
 
+/// What a record's retry headers say (they count only on a retry topic: a dead letter
+/// redriven to `dest.<d>` starts a fresh retry window).
+struct RetryContext {
+    /// Attempts made before this read.
+    prior: u32,
+    /// When the first attempt was made (ms since the epoch); the window counts from it.
+    first_ms: i64,
+    /// Not to be attempted before this (ms since the epoch): a long `Retry-After`.
+    not_before: Option<i64>,
+    /// The last error, carried on while hopping.
+    last_error: Option<String>,
+}
+
+impl RetryContext {
+    fn of(item: &Item) -> RetryContext {
+        let now = now_millis();
+        let h = item.headers.as_ref().filter(|_| item.retried);
+        RetryContext {
+            prior: headers::count(h, headers::RETRY_ATTEMPTS, MAX_ATTEMPTS).unwrap_or(0),
+            // A first attempt "in the future" (a clock or a forged header) counts from now.
+            first_ms: headers::time_ms(h, headers::RETRY_FIRST, now).map_or(now, |f| f.min(now)),
+            not_before: headers::time_ms(h, headers::RETRY_NOT_BEFORE, now).filter(|nb| *nb > now),
+            last_error: headers::text(h, headers::RETRY_LAST_ERROR).map(str::to_string),
+        }
+    }
+
+    /// The wait still owed to a `Retry-After`, as the error that asked for it.
+    fn waiting(&self) -> Option<AttemptError> {
+        let left = self.not_before? - now_millis();
+        (left > 0).then(|| AttemptError {
+            status: None,
+            error_class: None,
+            answer: None,
+            class: AnswerClass::Retryable,
+            retry_after: Some(Duration::from_millis(left as u64)),
+            message: self
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "waiting for Retry-After".into()),
+        })
+    }
+}
+
+/// How a record's attempts ended.
+struct Tried {
+    result: Result<u16, AttemptError>,
+    attempts: u32,
+    latency: Duration,
+}
+
 impl Lane {
     /// One destination's HTTP client, rate limiter, producer (retry topic, DLQ) and metrics.
     fn new(
@@ -357,53 +407,72 @@ impl Lane {
         (answer, latency)
     }
 
-    /// Deliver one item: in-place retries, then success, retry topic or dead letter.
+    /// Deliver one item: in-place retries (or waiting on the breaker), then success, retry
+    /// topic or dead letter.
     async fn deliver(&self, item: Item) {
-        let built = Record::decode(item.payload.as_slice())
-            .map_err(|e| {
-                (
-                    "undecodable_record",
-                    format!("not an eventrelay record: {e}"),
-                )
-            })
-            .and_then(|r| {
-                self.dest
-                    .build_request(&r)
-                    .map(|req| (r, req))
-                    .map_err(|e| (e.reason, e.message))
-            });
-        let (record, mut req) = match built {
+        let (record, req, body) = match self.prepare(&item) {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 return self.finish_dead(item, reason, &message, None, 0).await;
             }
         };
-        let body = req.body.take().map(bytes::Bytes::from);
-        // Retry headers count only on the retry topic: a dead letter redriven to `dest.<d>`
-        // starts a fresh retry window.
-        let now = now_millis();
-        let retry_headers = item.headers.as_ref().filter(|_| item.retried);
-        let prior =
-            headers::count(retry_headers, headers::RETRY_ATTEMPTS, MAX_ATTEMPTS).unwrap_or(0);
-        // A first attempt "in the future" (a clock or a forged header) counts from now.
-        let first_ms =
-            headers::time_ms(retry_headers, headers::RETRY_FIRST, now).map_or(now, |f| f.min(now));
+        let retry = RetryContext::of(&item);
         // A long Retry-After hops through the longest tier without an attempt until it passes.
-        if let Some(nb) = headers::time_ms(retry_headers, headers::RETRY_NOT_BEFORE, now) {
-            if nb > now {
-                let wait = AttemptError {
-                    status: None,
-                    error_class: None,
-                    answer: None,
-                    class: AnswerClass::Retryable,
-                    retry_after: Some(Duration::from_millis((nb - now) as u64)),
-                    message: headers::text(retry_headers, headers::RETRY_LAST_ERROR)
-                        .unwrap_or("waiting for Retry-After")
-                        .to_string(),
-                };
-                return self.finish_retry(item, &wait, prior, first_ms).await;
-            }
+        if let Some(wait) = retry.waiting() {
+            return self
+                .finish_retry(item, &wait, retry.prior, retry.first_ms)
+                .await;
         }
+        let Some(tried) = self.attempts(&record, &req, body.as_ref(), &retry).await else {
+            // Shutdown while waiting on the breaker: not finished and not started over; commits
+            // stop before it, and the next owner (or this process after its restart) sends it.
+            item.progress.abandon(&item.slot);
+            return;
+        };
+        let outcome = self.outcome_of(&tried.result, retry.first_ms);
+        self.note(
+            &record,
+            &req,
+            tried.attempts,
+            tried.result.as_ref().copied(),
+            tried.latency,
+            outcome,
+        );
+        self.settle(item, &record, tried, outcome, retry.first_ms)
+            .await;
+    }
+
+    /// The record decoded and its request built with the current settings (the body shared
+    /// between attempts without copying), or why it never can be.
+    fn prepare(
+        &self,
+        item: &Item,
+    ) -> Result<(Record, HttpRequest, Option<bytes::Bytes>), (&'static str, String)> {
+        let record = Record::decode(item.payload.as_slice()).map_err(|e| {
+            (
+                "undecodable_record",
+                format!("not an eventrelay record: {e}"),
+            )
+        })?;
+        let mut req = self
+            .dest
+            .build_request(&record)
+            .map_err(|e| (e.reason, e.message))?;
+        let body = req.body.take().map(bytes::Bytes::from);
+        Ok((record, req, body))
+    }
+
+    /// Attempt until the answer settles the record: success, a permanent failure, the end of
+    /// the retry window, a long `Retry-After`, or in-place retries used up. While the
+    /// destination's circuit is open, wait for it instead: the record neither burns attempts
+    /// nor moves to the retry topic because the destination is down. `None` at shutdown.
+    async fn attempts(
+        &self,
+        record: &Record,
+        req: &HttpRequest,
+        body: Option<&bytes::Bytes>,
+        retry: &RetryContext,
+    ) -> Option<Tried> {
         let d = &self.delivery;
         let mut in_place = ExponentialBuilder::new()
             .with_min_delay(d.backoff_min)
@@ -411,46 +480,45 @@ impl Lane {
             .with_max_times(d.in_place_retries)
             .with_jitter()
             .build();
-        let mut attempts = prior;
-        let mut latency;
-        let result = loop {
-            // While the destination's circuit is open, wait here: the record neither burns an
-            // attempt nor moves to the retry topic because the destination is down.
+        let mut attempts = retry.prior;
+        loop {
             let admit = self.breaker.admit(&self.shutdown).await;
             if admit == Admit::Shutdown {
-                // Not finished and not started over: commits stop before it, the next owner
-                // (or this process after its restart) sends it.
-                item.progress.abandon(&item.slot);
-                return;
+                return None;
             }
             attempts = attempts.saturating_add(1);
-            let r;
-            (r, latency) = self.attempt(&req, body.as_ref()).await;
-            let verdict = match &r {
+            let (result, latency) = self.attempt(req, body).await;
+            let verdict = match &result {
                 Err(e) if e.class == AnswerClass::Retryable => Verdict::Down,
                 _ => Verdict::Up,
             };
             self.breaker.record(admit, verdict);
-            let e = match r {
-                Ok(status) => break Ok(status),
-                Err(e) if e.class == AnswerClass::Permanent => break Err(e),
-                Err(e) => e,
+            let settled = |result| {
+                Some(Tried {
+                    result,
+                    attempts,
+                    latency,
+                })
             };
-            let window_left = first_ms + d.retry_window.as_millis() as i64 - now_millis();
+            let e = match result {
+                Err(e) if e.class == AnswerClass::Retryable => e,
+                other => return settled(other),
+            };
+            let window_left = retry.first_ms + d.retry_window.as_millis() as i64 - now_millis();
             if window_left <= 0 || e.retry_after.is_some_and(|ra| ra > MAX_IN_PLACE_WAIT) {
-                break Err(e);
+                return settled(Err(e));
             }
             // While the destination is down (not this record), wait for the breaker instead.
             let delay = match self.breaker.is_holding() {
                 true => None,
                 false => match in_place.next() {
                     Some(delay) => Some(delay),
-                    None => break Err(e),
+                    None => return settled(Err(e)),
                 },
             };
             self.note(
-                &record,
-                &req,
+                record,
+                req,
                 attempts,
                 Err(&e),
                 latency,
@@ -460,24 +528,32 @@ impl Lane {
                 self.counts.retried.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(e.retry_after.map_or(delay, |ra| ra.max(delay))).await;
             }
-        };
-        let outcome = match &result {
+        }
+    }
+
+    /// Where a settled record goes.
+    fn outcome_of(&self, result: &Result<u16, AttemptError>, first_ms: i64) -> Outcome {
+        match result {
             Ok(_) => Outcome::Success,
             Err(e) if e.class == AnswerClass::Permanent => Outcome::DeadLetter,
-            Err(_) if now_millis() - first_ms >= d.retry_window.as_millis() as i64 => {
+            Err(_) if now_millis() - first_ms >= self.delivery.retry_window.as_millis() as i64 => {
                 Outcome::DeadLetter
             }
             Err(_) => Outcome::Retry,
-        };
-        self.note(
-            &record,
-            &req,
-            attempts,
-            result.as_ref().copied(),
-            latency,
-            outcome,
-        );
-        match result {
+        }
+    }
+
+    /// Count and finish a settled record: delivered, dead-lettered, or handed to a retry tier.
+    async fn settle(
+        &self,
+        item: Item,
+        record: &Record,
+        tried: Tried,
+        outcome: Outcome,
+        first_ms: i64,
+    ) {
+        let attempts = tried.attempts;
+        match tried.result {
             Ok(_) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.success.increment(1);
@@ -496,15 +572,12 @@ impl Lane {
                 self.finish_dead(item, &reason, &e.message, e.status, attempts)
                     .await;
             }
-            Err(e) => {
-                if outcome == Outcome::DeadLetter {
-                    let msg = format!("still failing after the retry window: {}", e.message);
-                    self.finish_dead(item, "retries_exhausted", &msg, e.status, attempts)
-                        .await;
-                } else {
-                    self.finish_retry(item, &e, attempts, first_ms).await;
-                }
+            Err(e) if outcome == Outcome::DeadLetter => {
+                let msg = format!("still failing after the retry window: {}", e.message);
+                self.finish_dead(item, "retries_exhausted", &msg, e.status, attempts)
+                    .await;
             }
+            Err(e) => self.finish_retry(item, &e, attempts, first_ms).await,
         }
     }
 
@@ -664,7 +737,6 @@ pub async fn run_send_stage(
     observer: Arc<dyn GroupObserver>,
     deliveries: Arc<DeliveryLog>,
 ) -> Result<()> {
-    let k = &cfg.kafka;
     let name = d.dest.name();
     let delivery = d.delivery.clone();
     // Either consumer failing stops both (and the stage), so the process restarts instead of
@@ -678,60 +750,9 @@ pub async fn run_send_stage(
         stage.clone(),
         &deliveries,
     )?);
-    let max_in_flight = (delivery.concurrency * 64).max(1024);
-    let (senders, lanes) = start_lanes(&lane, delivery.concurrency, lane_depth(max_in_flight));
-    let group = format!("{}.send.{name}", k.group_id);
-    let mut consumers = Vec::new();
-    let mut sources = vec![(
-        k.destination_topic(name),
-        group.clone(),
-        format!("send.{name}"),
-        false,
-    )];
-    for tier in &delivery.retry_tiers {
-        let label = crate::config::tier_label(*tier);
-        sources.push((
-            k.retry_topic(name, *tier),
-            format!("{group}.retry.{label}"),
-            format!("send.{name}.retry.{label}"),
-            true,
-        ));
-    }
-    for (topic, group, member, retry) in sources {
-        let spec = ConsumerSpec {
-            group,
-            member,
-            topic,
-            max_in_flight,
-            commit_every: Duration::from_millis(500),
-            defaults: vec![(PREFETCH_KEY, PREFETCH_KB.to_string())],
-            transactional: None,
-        };
-        let (kafka, b, stage, observer, senders, breaker) = (
-            k.clone(),
-            bootstrap.to_string(),
-            stage.clone(),
-            observer.clone(),
-            senders.clone(),
-            lane.breaker.clone(),
-        );
-        consumers.push(tokio::task::spawn_blocking(move || {
-            let progress = Arc::new(Progress::default());
-            let r =
-                StageConsumer::new(&kafka, &b, spec, observer, progress.clone()).and_then(|c| {
-                    let intake = SendIntake {
-                        progress,
-                        retry,
-                        breaker,
-                    };
-                    c.run(intake, senders, &stage)
-                });
-            if r.is_err() {
-                stage.cancel();
-            }
-            r
-        }));
-    }
+    let depth = lane_depth(max_in_flight(&delivery));
+    let (senders, lanes) = start_lanes(&lane, delivery.concurrency, depth);
+    let consumers = start_consumers(cfg, bootstrap, &d, &lane, &senders, &stage, &observer);
     drop(senders);
     tracing::info!(
         destination = name,
@@ -759,6 +780,91 @@ pub async fn run_send_stage(
     }
     tracing::info!(destination = name, "send stage stopped");
     result
+}
+
+/// Which topics a destination's sender reads: its topic and every retry tier, each with its own
+/// consumer group and static-membership name.
+fn sources(
+    k: &crate::config::KafkaConfig,
+    d: &EnabledDestination,
+) -> Vec<(String, String, String, bool)> {
+    let name = d.dest.name();
+    let group = format!("{}.send.{name}", k.group_id);
+    let mut out = vec![(
+        k.destination_topic(name),
+        group.clone(),
+        format!("send.{name}"),
+        false,
+    )];
+    for tier in &d.delivery.retry_tiers {
+        let label = crate::config::tier_label(*tier);
+        out.push((
+            k.retry_topic(name, *tier),
+            format!("{group}.retry.{label}"),
+            format!("send.{name}.retry.{label}"),
+            true,
+        ));
+    }
+    out
+}
+
+/// One stage consumer per source, each on its own blocking thread, all feeding the same lanes;
+/// one failing cancels the stage.
+fn start_consumers(
+    cfg: &Config,
+    bootstrap: &str,
+    d: &EnabledDestination,
+    lane: &Arc<Lane>,
+    senders: &[mpsc::Sender<Item>],
+    stage: &CancellationToken,
+    observer: &Arc<dyn GroupObserver>,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    let k = &cfg.kafka;
+    let max_in_flight = max_in_flight(&d.delivery);
+    sources(k, d)
+        .into_iter()
+        .map(|(topic, group, member, retry)| {
+            let spec = ConsumerSpec {
+                group,
+                member,
+                topic,
+                max_in_flight,
+                commit_every: Duration::from_millis(500),
+                defaults: vec![(PREFETCH_KEY, PREFETCH_KB.to_string())],
+                transactional: None,
+            };
+            let (kafka, b, stage, observer, senders, breaker) = (
+                k.clone(),
+                bootstrap.to_string(),
+                stage.clone(),
+                observer.clone(),
+                senders.to_vec(),
+                lane.breaker.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let progress = Arc::new(Progress::default());
+                let r = StageConsumer::new(&kafka, &b, spec, observer, progress.clone()).and_then(
+                    |c| {
+                        let intake = SendIntake {
+                            progress,
+                            retry,
+                            breaker,
+                        };
+                        c.run(intake, senders, &stage)
+                    },
+                );
+                if r.is_err() {
+                    stage.cancel();
+                }
+                r
+            })
+        })
+        .collect()
+}
+
+/// Records read and not finished, per consumer, at which it stops polling: 64 per lane.
+fn max_in_flight(delivery: &DeliveryConfig) -> usize {
+    (delivery.concurrency * 64).max(1024)
 }
 
 /// Records a lane can hold before its consumer stashes and pauses the partition feeding it:
