@@ -93,6 +93,9 @@ impl Running {
         if matches!(role, Role::Send | Role::All) {
             running.start_senders(cfg)?;
         }
+        if role == Role::Ingest {
+            running.health.ingest_only.store(true, Ordering::Relaxed);
+        }
         if role == Role::Ingest || (role == Role::All && cfg.ingest.listen.is_some()) {
             running.start_ingest(cfg).await?;
         }
@@ -142,7 +145,9 @@ impl Running {
     }
 
     async fn start_ingest(&mut self, cfg: &Config) -> Result<()> {
-        let ingest = crate::ingest::Ingest::bind(cfg, &self.bootstrap).await?;
+        let observer: Arc<dyn GroupObserver> = self.health.clone();
+        let ingest =
+            crate::ingest::Ingest::bind_observed(cfg, &self.bootstrap, Some(observer)).await?;
         self.ingest_addr = Some(ingest.local_addr());
         let token = self.shutdown.clone();
         let ended = self.stage_ended.clone();

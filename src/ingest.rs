@@ -26,6 +26,7 @@
 
 use crate::config::Config;
 use crate::event::parse_timestamp;
+use crate::kafka::GroupObserver;
 use anyhow::{anyhow, Context, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -213,7 +214,7 @@ pub fn decode_body(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Byte
                 .read_to_end(&mut out)
                 .map_err(|e| Rejection::bad("invalid_gzip", format!("cannot gunzip body: {e}")))?;
             if out.len() > limit {
-                return Err(too_large("more than"));
+                return Err(too_large(&format!("more than {limit}")));
             }
             Ok(Bytes::from(out))
         }
@@ -442,11 +443,24 @@ fn partition_key(event: &Map<String, Value>) -> Option<String> {
 
 /// What every request handler shares.
 struct Shared {
-    producer: FutureProducer,
+    producer: FutureProducer<IngestCtx>,
     topic: String,
     keys: HashSet<String>,
     limits: Limits,
     retry_after_secs: u64,
+}
+
+/// The ingest producer's context: its statistics report whether some broker is up.
+pub struct IngestCtx {
+    observer: Option<Arc<dyn GroupObserver>>,
+}
+
+impl rdkafka::ClientContext for IngestCtx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(o) = &self.observer {
+            o.broker_up(statistics.brokers.values().any(|b| b.state == "UP"));
+        }
+    }
 }
 
 /// A bound ingest listener with its producer; [`Ingest::serve`] runs it.
@@ -461,6 +475,16 @@ impl Ingest {
     /// `ingest.ack_timeout_ms`) and bind `ingest.listen`. Binding here, before serving, lets
     /// `run` fail at start on a taken port and lets tests learn a `:0` port.
     pub async fn bind(cfg: &Config, bootstrap: &str) -> Result<Ingest> {
+        Ingest::bind_observed(cfg, bootstrap, None).await
+    }
+
+    /// [`Ingest::bind`], reporting whether the brokers are up to `observer` (the process's
+    /// readiness: an ingest-only process is ready when it can hand events to the broker).
+    pub async fn bind_observed(
+        cfg: &Config,
+        bootstrap: &str,
+        observer: Option<Arc<dyn GroupObserver>>,
+    ) -> Result<Ingest> {
         let ing = &cfg.ingest;
         let listen = ing
             .listen
@@ -479,7 +503,13 @@ impl Ingest {
         }
         // Not overridable: a 200 means the broker acknowledged within the request's time.
         c.set("message.timeout.ms", ing.ack_timeout_ms.to_string());
-        let producer: FutureProducer = c.create().context("creating the ingest producer")?;
+        // Statistics every second tell readiness whether the brokers are up.
+        if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
+            c.set("statistics.interval.ms", "1000");
+        }
+        let producer: FutureProducer<IngestCtx> = c
+            .create_with_context(IngestCtx { observer })
+            .context("creating the ingest producer")?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding ingest.listen {listen}"))?;

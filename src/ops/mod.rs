@@ -137,6 +137,8 @@ pub struct Health {
     pub broker_up: AtomicBool,
     /// Set when the process is shutting down (readiness goes false first).
     pub stopping: AtomicBool,
+    /// Set when the process runs only ingest: it has no consumer, so no partition to wait for.
+    pub ingest_only: AtomicBool,
 }
 
 impl Health {
@@ -155,11 +157,13 @@ impl Health {
             });
     }
 
-    /// Ready: not stopping, broker reachable, and some partition assigned.
+    /// Ready: not stopping, broker reachable, and some partition assigned (an ingest-only
+    /// process: the broker reachable is enough).
     pub fn ready(&self) -> bool {
         !self.stopping.load(Ordering::Relaxed)
             && self.broker_up.load(Ordering::Relaxed)
-            && self.assigned.load(Ordering::Relaxed) > 0
+            && (self.assigned.load(Ordering::Relaxed) > 0
+                || self.ingest_only.load(Ordering::Relaxed))
     }
 }
 
