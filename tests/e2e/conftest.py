@@ -274,6 +274,12 @@ class Service(Proc):
         poll(lambda: up() or not self.alive(), timeout)
         return self.alive() and up()
 
+    def ingest_serving(self, timeout: float = 60.0) -> bool:
+        """The ingest port accepts connections within `timeout` (for `--role ingest`, which
+        has no consumer, so no partitions for /readyz to count)."""
+        poll(lambda: port_open(self.config.ingest) or not self.alive(), timeout)
+        return self.alive() and port_open(self.config.ingest)
+
     def metrics(self) -> Metrics:
         return Metrics(http("GET", f"http://{self.config.metrics}/metrics"))
 
