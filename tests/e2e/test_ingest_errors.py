@@ -83,7 +83,9 @@ def test_ingest_errors_on_tansu(tansu, eventrelay, kafka, check):
     check(headers.get("retry-after") == str(RETRY_AFTER),
           f"the 503 carries Retry-After: {headers.get('retry-after')!r}, expected "
           f"{RETRY_AFTER!r}")
-    check(secs < ACK_TIMEOUT_MS / 1000 + 5,
+    # Seen 2.5-7.1 s with ack_timeout_ms 2000 (librdkafka's timeout scan and reconnects): the
+    # bound only tells a late answer from none.
+    check(secs < ACK_TIMEOUT_MS / 1000 + 10,
           f"answered {secs:.1f}s after the request (ack_timeout_ms {ACK_TIMEOUT_MS})")
     got = service.metrics().sum("eventrelay_ingest_rejected_total",
                                 reason=(answer or {}).get("code", "broker_unavailable"))
