@@ -6,7 +6,6 @@ request answered 200 must then be on `segment.events` (the 200 waits for the bro
 import http.client
 import json
 import threading
-import time
 
 from support.ingest import post
 from support.procs import poll
