@@ -29,7 +29,7 @@ if ! python3 -c 'import confluent_kafka, kafka, pytest, segment.analytics' >/dev
   python3 -m pip install --quiet --disable-pip-version-check confluent-kafka kafka-python pytest segment-analytics-python \
     || python3 -m pip install --quiet --break-system-packages confluent-kafka kafka-python pytest segment-analytics-python
 fi
-# @segment/analytics-node for tests/e2e/segment_clients.sh, as pinned by tests/clients/package-lock.json.
+# @segment/analytics-node for tests/e2e/test_ingest_clients.py, as pinned by tests/clients/package-lock.json.
 if [ ! -d "$ROOT/tests/clients/node_modules/@segment/analytics-node" ]; then
   (cd "$ROOT/tests/clients" && npm ci --no-audit --no-fund --silent)
 fi

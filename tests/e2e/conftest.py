@@ -15,6 +15,7 @@ Environment:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -94,6 +95,20 @@ def eventrelay_bin(request, tools) -> Path:
         pytest.fail("no eventrelay binary in target/release or target/debug after 20 minutes "
                     "(cargo build --release, or set EVENTRELAY_BIN)", pytrace=False)
     return found
+
+
+@pytest.fixture(scope="session")
+def segment_libs(tools):
+    """Segment's own libraries (support/segment_libs.py): segment-analytics-python and
+    @segment/analytics-node in tests/clients/node_modules (scripts/setup.sh installs both).
+    Missing: skip, or fail under EVENTRELAY_REQUIRE_TANSU=1 or EVENTRELAY_REQUIRE_CLIENTS=1."""
+    libs = importlib.import_module("support.segment_libs")
+    problem = libs.missing()
+    if problem:
+        if os.environ.get("EVENTRELAY_REQUIRE_CLIENTS") == "1":
+            pytest.fail(f"{problem} (EVENTRELAY_REQUIRE_CLIENTS=1)", pytrace=False)
+        _missing(problem)
+    return libs
 
 
 @pytest.fixture(scope="session")
@@ -240,6 +255,7 @@ class Config:
     bootstrap: str
     group: str
     metrics: str  # host:port of /metrics, /healthz, /readyz
+    ingest: str | None = None  # host:port of Segment's HTTP Tracking API, when configured
 
 
 class Service(Proc):
@@ -250,9 +266,19 @@ class Service(Proc):
         self.config = config
 
     def ready(self, timeout: float = 60.0) -> bool:
-        """/readyz answered 200 within `timeout` (False at once if the process exited)."""
-        poll(lambda: http_ok(f"http://{self.config.metrics}/readyz") or not self.alive(), timeout)
-        return self.alive() and http_ok(f"http://{self.config.metrics}/readyz")
+        """/readyz answered 200 within `timeout` (False at once if the process exited), and the
+        ingest port, when configured, accepts connections."""
+        def up():
+            return (http_ok(f"http://{self.config.metrics}/readyz")
+                    and (self.config.ingest is None or port_open(self.config.ingest)))
+        poll(lambda: up() or not self.alive(), timeout)
+        return self.alive() and up()
+
+    def ingest_serving(self, timeout: float = 60.0) -> bool:
+        """The ingest port accepts connections within `timeout` (for `--role ingest`, which
+        has no consumer, so no partitions for /readyz to count)."""
+        poll(lambda: port_open(self.config.ingest) or not self.alive(), timeout)
+        return self.alive() and port_open(self.config.ingest)
 
     def metrics(self) -> Metrics:
         return Metrics(http("GET", f"http://{self.config.metrics}/metrics"))
@@ -275,11 +301,15 @@ class Eventrelay:
     def __init__(self, bin: Path, procs: Procs, work: Path):
         self.bin, self.procs, self.work = bin, procs, work
 
-    def config(self, broker: Broker, stub: Stub, group: str, name: str = "eventrelay",
-               properties: dict | None = None) -> Config:
-        """Both destinations pointed at the stub, fast backoff (100 ms to 1 s), a fresh
-        metrics port; `properties` go to [kafka.properties] (librdkafka, as is)."""
-        cfg = Config(self.work / f"{name}.toml", broker.bootstrap, group, free_addr())
+    def config(self, broker: Broker, stub: Stub | None, group: str, name: str = "eventrelay",
+               properties: dict | None = None, ingest: dict | None = None) -> Config:
+        """Both destinations pointed at the stub (at a closed port without one), fast backoff
+        (100 ms to 1 s), a fresh metrics port; `properties` go to [kafka.properties]
+        (librdkafka, as is); `ingest` ({"write_keys": [...], ...}) adds an [ingest] table
+        listening on a fresh port (`Config.ingest`)."""
+        cfg = Config(self.work / f"{name}.toml", broker.bootstrap, group, free_addr(),
+                     free_addr() if ingest is not None else None)
+        endpoint = f"http://{stub.addr}" if stub is not None else "http://127.0.0.1:9"
         text = f"""[kafka]
 bootstrap_servers = "{broker.bootstrap}"
 group_id = "{group}"
@@ -288,7 +318,7 @@ group_id = "{group}"
 listen = "{cfg.metrics}"
 
 [destinations.owneriq]
-endpoint = "http://{stub.addr}"
+endpoint = "{endpoint}"
 data_group_id = "9nfdft"
 analytics_tag_id = "gcb8"
 dct_tag_id = "6qg2"
@@ -296,11 +326,14 @@ backoff_min_ms = 100
 backoff_max_ms = 1000
 
 [destinations.seg]
-endpoint = "http://{stub.addr}"
+endpoint = "{endpoint}"
 website_id = "abc8fb18-7559-4324-9921-a4b5015b4a1c"
 backoff_min_ms = 100
 backoff_max_ms = 1000
 """
+        if ingest is not None:
+            text += f'\n[ingest]\nlisten = "{cfg.ingest}"\n' + "".join(
+                f"{k} = {json.dumps(v)}\n" for k, v in ingest.items())
         if properties:
             text += "\n[kafka.properties]\n" + "".join(
                 f'"{k}" = "{v}"\n' for k, v in properties.items())

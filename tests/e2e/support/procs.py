@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def http_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def http_status(url: str) -> int | str:
+    """A GET's status code, or the error when there was no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return str(e)
 
 
 def port_open(addr: str) -> bool:
