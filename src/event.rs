@@ -364,30 +364,15 @@ pub mod raw {
         obj: &'a RawValue,
         keys: [&str; N],
     ) -> [Option<&'a RawValue>; N] {
-        struct Pick<'k, const N: usize>([&'k str; N]);
-        impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
-            type Value = [Option<&'de RawValue>; N];
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = [None; N];
-                while let Some(Key(k)) = map.next_key()? {
-                    match self.0.iter().position(|want| *want == k) {
-                        Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
-                        None => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
         if !is_object(obj) {
             return [None; N];
         }
         let mut de = serde_json::Deserializer::from_str(obj.get());
-        de.deserialize_map(Pick(keys)).unwrap_or([None; N])
+        PickAny(keys)
+            .deserialize(&mut de)
+            .ok()
+            .flatten()
+            .unwrap_or([None; N])
     }
 
     /// Every `(key, value)` of a raw JSON object, in document order (duplicates included).
