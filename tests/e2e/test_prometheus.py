@@ -1,0 +1,132 @@
+"""Operations seen live (issue 13): a real Prometheus (Debian's `prometheus`) scrapes map and send
+running as separate processes on tansu, evaluating the shipped alert rules (only their `for:`
+shortened, support/prom.py), and every check goes through its HTTP API.
+
+test_destination_alerts_and_dashboard: Seg answers 503 until its circuit opens ->
+EventrelayDeliveryErrorRate and EventrelayCircuitOpen fire for seg and only for it, and resolve
+once Seg is back; OwnerIQ answers 400 to a tenth of its requests -> EventrelayDeadLetters for
+owneriq; every query of the Grafana dashboard then evaluates and returns data; the sender
+SIGKILLed -> EventrelayInstanceDown for it.
+
+test_stalled_stage_alerts: the Seg send stage held by its open circuit while input keeps
+arriving -> EventrelayConsumerLagGrowing and EventrelayNoProgress on dest.seg.
+"""
+
+import time
+
+from support import prom
+from support.records import generate_events
+
+ALERT_WAIT = 60  # seconds for an alert to fire once its condition holds (for: 3 s, 1 s scrapes)
+
+
+def rejected_events(n: int) -> list[bytes]:
+    """Order Completed without an orderId: OwnerIQ rejects it (missing_order_id)."""
+    return [(f'{{"type":"track","event":"Order Completed","userId":"u-rej-{i}",'
+             f'"messageId":"rej-{i}","properties":{{"products":[{{"product_id":"p{i}",'
+             f'"price":1.5,"quantity":1}}]}}}}').encode() for i in range(1, n + 1)]
+
+
+def events(n: int, seed: int, prefix: str, **kw) -> list[bytes]:
+    """generate_events with messageIds `<prefix>-<i>` (the de-duplication table would skip a
+    messageId seen before)."""
+    return [ln.replace(b'"messageId":"gen-', f'"messageId":"{prefix}-'.encode())
+            for ln in generate_events(n, seed=seed, **kw)]
+
+
+def start_stack(tansu, stub, eventrelay, prometheus, group, **send_props):
+    broker = tansu(storage="sqlite")  # the retry topics' consumers seek back
+    dest = stub(record=False)
+    map_cfg = eventrelay.config(broker, dest, group=group, name="map")
+    send_cfg = eventrelay.config(broker, dest, group=group, name="send",
+                                 properties=send_props or None)
+    mapper = eventrelay.run(map_cfg, role="map", name="eventrelay-map")
+    sender = eventrelay.run(send_cfg, role="send", name="eventrelay-send")
+    server = prometheus([("map", mapper), ("send", sender)])
+    return broker, dest, mapper, sender, server
+
+
+def test_destination_alerts_and_dashboard(tansu, stub, eventrelay, kafka, prometheus, check):
+    t_start = time.monotonic()
+    broker, dest, mapper, sender, server = start_stack(tansu, stub, eventrelay, prometheus,
+                                                       "e2e-prom")
+    assert mapper.ready(60) and sender.ready(60), "eventrelay map/send not ready within 60 s"
+    up = server.wait(lambda: server.value('sum(up{job="eventrelay"})') == 2, 30)
+    check(up, f'both targets scraped (up{{job="eventrelay"}}): {server.targets_up()}')
+
+    # --- busy and healthy: valid, invalid, rejected, skipped events ---
+    lines = events(1500, 31, "a", invalid_every=50) + rejected_events(5)
+    kafka.produce(broker.bootstrap, "segment.events", lines)
+    ok = server.wait(lambda: (server.value('sum(eventrelay_deliveries_total{outcome="success"})')
+                              or 0) >= 1000, 60)
+    check(ok, "1,000 successful deliveries seen by Prometheus within 60 s")
+
+    # --- Seg answers 503 until its circuit opens ---
+    dest.fault(status=503, rate=1.0, path_prefix="/v1/")
+    kafka.produce(broker.bootstrap, "segment.events",
+                  events(300, 32, "b"))
+    for name in ("EventrelayCircuitOpen", "EventrelayDeliveryErrorRate"):
+        got, secs = server.wait_firing(name, ALERT_WAIT, destination="seg")
+        check(got, f"{name}{{destination=\"seg\"}} fires with Seg answering 503 "
+                   f"(after {secs:.0f}s; alerts: {server.describe_alerts()})")
+    other = [a for a in server.alerts() if a["labels"].get("destination") == "owneriq"]
+    check(not other, f"no alert for owneriq while only Seg fails ({server.describe_alerts()})")
+
+    # --- Seg back: both resolve ---
+    dest.clear_faults()
+    for name in ("EventrelayCircuitOpen", "EventrelayDeliveryErrorRate"):
+        gone, secs = server.wait_resolved(name, 120, destination="seg")
+        check(gone, f"{name}{{destination=\"seg\"}} resolves once Seg answers again "
+                    f"(after {secs:.0f}s; alerts: {server.describe_alerts()})")
+
+    # --- OwnerIQ answers 400 to a tenth of its requests: dead letters ---
+    dest.fault(status=400, rate=0.1, path_prefix="/j/")
+    kafka.produce(broker.bootstrap, "segment.events", events(600, 33, "c"))
+    got, secs = server.wait_firing("EventrelayDeadLetters", ALERT_WAIT, destination="owneriq")
+    check(got, f'EventrelayDeadLetters{{destination="owneriq"}} fires with OwnerIQ answering 400 '
+               f'to 10 % (after {secs:.0f}s; alerts: {server.describe_alerts()})')
+    seg_dl = server.firing("EventrelayDeadLetters", destination="seg")
+    check(not seg_dl, f"no EventrelayDeadLetters for seg ({server.describe_alerts()})")
+
+    # --- every dashboard query, during the busy scenario ---
+    check_dashboard(check, server)
+
+    # --- the sender killed ---
+    sender.kill()
+    got, secs = server.wait_firing("EventrelayInstanceDown", ALERT_WAIT, role="send")
+    check(got and all(a["labels"].get("instance") == sender.config.metrics for a in got),
+          f'EventrelayInstanceDown{{role="send",instance="{sender.config.metrics}"}} fires after '
+          f'SIGKILL (after {secs:.0f}s; alerts: {server.describe_alerts()})')
+    check(not server.firing("EventrelayInstanceDown", role="map"),
+          "no EventrelayInstanceDown for the map instance")
+    print(f"scenario took {time.monotonic() - t_start:.0f}s")
+
+
+def check_dashboard(check, server):
+    """Every target of every panel, with $destination = All (.*) and each destination value,
+    $__rate_interval = 1m: no query error; with All, a finite value and the labels the legend
+    names."""
+    variables = prom.dashboard_variables()
+    dest_var = next(v for v in variables if v["name"] == "destination")
+    values = server._api("label/destination/values",
+                         **{"match[]": "eventrelay_deliveries_total"})
+    check(set(values) >= {"seg", "owneriq"},
+          f"the $destination variable's query "
+          f"({dest_var['definition']}) offers seg and owneriq: {values}")
+    for panel in prom.dashboard_panels():
+        for t in panel["targets"]:
+            label = f'panel "{panel["title"]}" ({t.get("legendFormat") or t["expr"][:60]})'
+            for choice in [dest_var.get("allValue") or ".*"] + values:
+                expr = prom.substitute(t["expr"], {"destination": choice})
+                try:
+                    series = server.series(expr)
+                except prom.QueryError as e:
+                    check(False, f"{label} with $destination={choice}: query error {e}")
+                    continue
+                if choice not in values:  # All: must show something
+                    missing = prom.legend_labels(t.get("legendFormat")) - set().union(
+                        *(s["metric"] for s in series)) if series else set()
+                    check(prom.has_value(series) and not missing,
+                          f"{label}: {len(series)} series with a value"
+                          + (f", legend labels missing: {sorted(missing)}" if missing else "")
+                          + f" — {expr}")
