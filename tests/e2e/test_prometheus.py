@@ -164,9 +164,8 @@ def test_stalled_stage_alerts(tansu, stub, eventrelay, kafka, prometheus, check)
     server = prometheus([("map", mapper), ("send", sender)])
     assert mapper.ready(60) and sender.ready(60), "eventrelay map/send not ready within 60 s"
 
-    # 18,000 events: about 93 % with a Seg request, 64 % with an OwnerIQ one (more than 10,000
-    # records for each).
-    kafka.produce(broker.bootstrap, "segment.events", events(18000, 41, "s"))
+    # 24,000 events: more than 10,000 records of lag for OwnerIQ, which delivers ~40/s.
+    kafka.produce(broker.bootstrap, "segment.events", events(24000, 41, "s"))
     lag = 'sum by (topic) (max by (group, topic, partition) (eventrelay_consumer_lag{topic=~"dest.(seg|owneriq)"}))'
     got, secs = server.wait_firing("EventrelayNoProgress", 90, topic="dest.seg")
     check(got and all(a["labels"].get("group") == "e2e-stall.send.seg" for a in got),
