@@ -373,6 +373,41 @@ def eventrelay(eventrelay_bin, procs, tmp_path) -> Eventrelay:
     return Eventrelay(eventrelay_bin, procs, tmp_path)
 
 
+# --- Prometheus --------------------------------------------------------------------------------
+
+@pytest.fixture
+def prometheus(procs, tmp_path):
+    """Start Debian's `prometheus` on a free loopback port: `prometheus([(role, service)...])`
+    scrapes each eventrelay service's `metrics.listen` every second as job `eventrelay` with
+    its `role` label (as deploy/prometheus/prometheus.yml does), evaluating every second a test
+    copy of deploy/prometheus/alerts.yml whose `for:` durations are shortened to
+    `support.prom.TEST_FOR` (the expressions are the shipped ones). Storage in the test's tmp
+    dir; stopped at teardown with the other processes. Skipped without `prometheus` (failed
+    under EVENTRELAY_REQUIRE_TANSU=1)."""
+    from support import prom
+
+    def start(targets: list, name: str = "prometheus") -> "prom.Prometheus":
+        if shutil.which("prometheus") is None:
+            _missing("prometheus is not on PATH (scripts/setup.sh installs Debian's prometheus)")
+        pairs = [(role, t.config.metrics if hasattr(t, "config") else t) for role, t in targets]
+        rules = tmp_path / "alerts.test.yml"
+        rules.write_text(prom.test_rules(prom.ALERTS.read_text()))
+        cfg = tmp_path / "prometheus.yml"
+        cfg.write_text(prom.config(rules, pairs))
+        addr = free_addr()
+        proc = procs.start(name, ["prometheus", f"--config.file={cfg}",
+                                  f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+                                  f"--web.listen-address={addr}",
+                                  "--storage.tsdb.retention.time=1h", "--log.level=warn"])
+        poll(lambda: http_ok(f"http://{addr}/-/ready") or not proc.alive(), 30)
+        assert proc.alive() and http_ok(f"http://{addr}/-/ready"), \
+            f"prometheus did not become ready on {addr} within 30 s"
+        print(f"prometheus on {addr} scraping {pairs}")
+        return prom.Prometheus(addr, proc, pairs)
+
+    return start
+
+
 # --- soft checks and failure reports -------------------------------------------------------
 
 @pytest.fixture
