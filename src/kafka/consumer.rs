@@ -282,7 +282,7 @@ impl<J> Loop<'_, J> {
         let mut last_tick = Instant::now();
         let mut since_tick = 0u32;
         while !shutdown.is_cancelled() {
-            if self.c.progress.with(|t| t.has_failed()) {
+            if self.c.progress.has_failed() {
                 return Err(anyhow!(
                     "a record could not be handed on for good; stopping so a restart re-reads it from the last commit"
                 ));

@@ -2,7 +2,7 @@
 
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,8 @@ impl OffsetTracker {
     }
 
     /// Whether any produce failed for good.
-    pub fn has_failed(&self) -> bool {
+    #[cfg(test)]
+    fn has_failed(&self) -> bool {
         self.parts.values().any(|p| p.failed.is_some())
     }
 
@@ -240,6 +241,8 @@ pub struct Progress {
     /// Threads in `wait_until`: finishing work wakes them only when there are some, so the hot
     /// path (one finish per produced record) costs no futex wake-up syscall.
     waiters: AtomicUsize,
+    /// Some work failed for good: read on every poll-loop turn without taking the lock.
+    failed: AtomicBool,
 }
 
 impl Progress {
@@ -272,7 +275,13 @@ impl Progress {
     /// Mark a record's work failed for good and wake waiters.
     pub fn fail(&self, slot: &Slot) {
         self.with(|t| t.fail(slot));
+        self.failed.store(true, Ordering::Release);
         self.wake();
+    }
+
+    /// Whether some work failed for good (the stage must stop), without the lock.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Wait until `done(tracker)` or the timeout; returns whether it became true.

@@ -830,7 +830,16 @@ fn start_consumers(
                 topic,
                 max_in_flight,
                 commit_every: Duration::from_millis(500),
-                defaults: vec![(PREFETCH_KEY, PREFETCH_KB.to_string())],
+                defaults: if retry {
+                    // A retry tier's records wait seconds by design: half a second more per
+                    // fetch costs nothing and spares the broker 4 idle fetches a second per tier.
+                    vec![
+                        (PREFETCH_KEY, PREFETCH_KB.to_string()),
+                        ("fetch.wait.max.ms", RETRY_FETCH_WAIT_MS.to_string()),
+                    ]
+                } else {
+                    vec![(PREFETCH_KEY, PREFETCH_KB.to_string())]
+                },
                 transactional: None,
             };
             let (kafka, b, stage, observer, senders, breaker) = (
@@ -901,6 +910,10 @@ fn start_lanes(
 /// waits; 16 MB is still seconds of records at full delivery speed. `[kafka.properties]` wins.
 const PREFETCH_KEY: &str = "queued.max.messages.kbytes";
 const PREFETCH_KB: &str = "16384";
+
+/// Longest a retry tier's fetch waits for data (`fetch.wait.max.ms`; `[kafka.properties]`
+/// wins).
+const RETRY_FETCH_WAIT_MS: u32 = 500;
 
 /// The send stage's side of the stage consumer: records become [`Item`]s; on the retry topic,
 /// a record waits until its due time.
