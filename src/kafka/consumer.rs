@@ -313,7 +313,7 @@ impl<J> Loop<'_, J> {
             self.last_poll = Instant::now();
             let wait = if self.throttled {
                 Duration::ZERO
-            } else if self.stash.iter().any(|s| !s.is_empty()) {
+            } else if !self.stashed_in.is_empty() {
                 Duration::from_millis(5)
             } else {
                 Duration::from_millis(50)
