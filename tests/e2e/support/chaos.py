@@ -117,6 +117,7 @@ class StubFile:
         self.path, self.pos = path, 0
         self.succ: dict = defaultdict(Counter)
         self.arrivals: list[tuple[int, int]] = []  # (at_ms, status)
+        self.first_ok: dict = defaultdict(dict)  # destination -> key -> at_ms of its first 2xx
         self._partial = b""
 
     def update(self) -> "StubFile":
@@ -138,7 +139,9 @@ class StubFile:
             self.arrivals.append((at, status))
             if 200 <= status < 300 and u and k:
                 d = "owneriq" if u.group(1) == b"/j" else "seg"
-                self.succ[d][k.group(1).decode()] += 1
+                key = k.group(1).decode()
+                self.succ[d][key] += 1
+                self.first_ok[d].setdefault(key, at)
         return self
 
     def missing(self, want: dict) -> dict:
@@ -149,6 +152,11 @@ class StubFile:
 
     def wait_all(self, want: dict, timeout: float) -> bool:
         return bool(poll(lambda: self.all_delivered(want), timeout, interval=0.5))
+
+    def last_first_ok_ms(self, want: dict) -> int:
+        """When the last of the wanted keys got its first 2xx (ms since the epoch)."""
+        return max((self.first_ok[d][k] for d in want for k in want[d] if k in self.first_ok[d]),
+                   default=0)
 
     def duplicates(self, want: dict) -> dict:
         return {d: sum(n - 1 for k, n in self.succ[d].items() if k in want[d] and n > 1)
