@@ -87,22 +87,33 @@ impl Running {
             ingest_addr: None,
             stages: Vec::new(),
         };
-        if matches!(role, Role::Map | Role::All) {
-            running.start_map(cfg);
-        }
-        if matches!(role, Role::Send | Role::All) {
-            running.start_senders(cfg)?;
-        }
-        if role == Role::Ingest {
-            running.health.ingest_only.store(true, Ordering::Relaxed);
-        }
-        if role == Role::Ingest || (role == Role::All && cfg.ingest.listen.is_some()) {
-            running.start_ingest(cfg).await?;
-        }
-        if running.stages.is_empty() {
-            return Err(anyhow!("nothing to run: no destination is configured"));
+        if let Err(e) = running.start_stages(cfg, role).await {
+            // Stages already started must not outlive the failed start (a blocking map
+            // thread would keep the runtime, and the process, from ending).
+            running.shutdown.cancel();
+            return Err(e);
         }
         Ok(running)
+    }
+
+    async fn start_stages(&mut self, cfg: &Config, role: Role) -> Result<()> {
+        if role == Role::Ingest {
+            self.health.ingest_only.store(true, Ordering::Relaxed);
+        }
+        // Ingest binds first: a port in use fails the start before any stage runs.
+        if role == Role::Ingest || (role == Role::All && cfg.ingest.listen.is_some()) {
+            self.start_ingest(cfg).await?;
+        }
+        if matches!(role, Role::Map | Role::All) {
+            self.start_map(cfg);
+        }
+        if matches!(role, Role::Send | Role::All) {
+            self.start_senders(cfg)?;
+        }
+        if self.stages.is_empty() {
+            return Err(anyhow!("nothing to run: no destination is configured"));
+        }
+        Ok(())
     }
 
     fn start_map(&mut self, cfg: &Config) {

@@ -242,13 +242,12 @@ impl RunCmd {
     /// Carry the command out.
     fn run(self) -> Result<()> {
         let RunCmd { config, role } = self;
-        Config::load(Some(&config)).and_then(|cfg| {
-            crate::app::runtime()?.block_on(crate::app::run(
-                cfg,
-                role,
-                crate::app::shutdown_signal(),
-            ))
-        })
+        let cfg = Config::load(Some(&config))?;
+        let rt = crate::app::runtime()?;
+        let result = rt.block_on(crate::app::run(cfg, role, crate::app::shutdown_signal()));
+        // Stages that did not stop within the drain bound must not keep the process alive.
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        result
     }
 }
 

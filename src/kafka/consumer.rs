@@ -294,14 +294,6 @@ impl<J> Loop<'_, J> {
             if self.dirty || since_tick >= 256 || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 since_tick = 0;
-                if ctx.rebalanced.swap(false, Ordering::Relaxed) {
-                    // librdkafka resumed the new assignment; what we paused is forgotten.
-                    self.paused.clear();
-                    self.waiting.clear();
-                    self.throttled = false;
-                    self.held = false;
-                    self.dirty = true;
-                }
                 self.flush_stash(lanes)?;
                 self.wake_due();
                 self.apply_pauses(intake.hold_all());
@@ -318,7 +310,16 @@ impl<J> Loop<'_, J> {
             } else {
                 Duration::from_millis(50)
             };
-            let msg = match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            // Rebalance callbacks run inside poll: before this record is handled, forget the
+            // pauses librdkafka undid by resuming the new assignment (a not-yet-due record just
+            // polled must be able to pause its partition again and have that remembered).
+            if ctx.rebalanced.swap(false, Ordering::Relaxed) {
+                self.paused.clear();
+                self.held = false;
+                self.dirty = true;
+            }
+            let msg = match polled {
                 None => continue,
                 Some(Ok(m)) => m,
                 Some(Err(KafkaError::MessageConsumption(

@@ -131,9 +131,20 @@ impl Breaker {
         }
     }
 
-    /// Whether sending is held back (open or half-open): the consumers pause.
+    /// Whether sending is held back (open or half-open): lanes wait instead of retrying.
     pub fn is_holding(&self) -> bool {
         self.state() != CircuitState::Closed
+    }
+
+    /// Whether the destination's consumers should stay paused: while open (until a probe is
+    /// due) and while a probe is out. Once a probe may go, they read again, so some lane has a
+    /// record to probe with: an open circuit with empty lanes would otherwise never probe.
+    pub fn holds_consumers(&self) -> bool {
+        match *self.lock() {
+            State::Closed { .. } => false,
+            State::Open { until, .. } => Instant::now() < until,
+            State::HalfOpen { probing, .. } => probing,
+        }
     }
 
     fn transition(&self, to: CircuitState, why: &str) {
@@ -284,6 +295,25 @@ mod tests {
         b.record(Admit::Probe, Verdict::Up);
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(b.admit(&token).await, Admit::Send);
+    }
+
+    #[tokio::test]
+    async fn consumers_read_again_once_a_probe_may_go() {
+        // Without this, an open circuit whose lanes are empty (their records went to the retry
+        // topic on a long Retry-After) would never get a record to probe with.
+        let b = Breaker::new("test3", quick());
+        assert!(!b.holds_consumers());
+        for _ in 0..3 {
+            b.record(Admit::Send, Verdict::Down);
+        }
+        assert!(b.holds_consumers(), "open: paused");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!b.holds_consumers(), "probe due: read so a lane can probe");
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.admit(&CancellationToken::new()).await, Admit::Probe);
+        assert!(b.holds_consumers(), "a probe is out: paused again");
+        b.record(Admit::Probe, Verdict::Up);
+        assert!(!b.holds_consumers());
     }
 
     #[tokio::test]

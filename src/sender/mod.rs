@@ -948,7 +948,7 @@ impl Intake for SendIntake {
     /// While the destination's circuit is not closed, read nothing more: lag grows on the
     /// broker, not records in memory.
     fn hold_all(&self) -> bool {
-        self.breaker.is_holding()
+        self.breaker.holds_consumers()
     }
 }
 
