@@ -220,13 +220,24 @@ impl StageConsumer {
         drop(lp);
         drop(lanes);
         let ctx = self.consumer.context();
-        let closing = ctx.finish_and_commit(&self.consumer, None);
+        let mut closing = ctx.finish_and_commit(&self.consumer, None);
+        for _ in 0..FINAL_COMMIT_TRIES {
+            if closing.is_ok() {
+                break;
+            }
+            // A group in the middle of a rebalance refuses commits: let it proceed (its revoke
+            // callback commits what is finished), then try again.
+            let _ = self.consumer.poll(Duration::from_millis(200));
+            closing = ctx.commit(&self.consumer, None, CommitMode::Sync);
+        }
         if let Err(e) = &closing {
-            tracing::warn!(group = %ctx.group, error = %format!("{e:#}"), "final commit failed");
+            // Nothing is lost: what was not committed is read again by the next owner.
+            tracing::warn!(group = %ctx.group, error = %format!("{e:#}"),
+                "final commit failed; the next owner re-reads from the last commit");
         }
         ctx.closing.store(true, Ordering::Relaxed);
         self.consumer.unsubscribe();
-        result.and(closing)
+        result
     }
 }
 
@@ -260,6 +271,9 @@ struct Loop<'a, J> {
     dirty: bool,
     hasher: ahash::RandomState,
 }
+
+/// Final commits tried again (after letting a rebalance in progress proceed) before giving up.
+const FINAL_COMMIT_TRIES: usize = 5;
 
 /// How often the loop retries stashed records, wakes due partitions and checks the in-flight
 /// bound when nothing else happens.
