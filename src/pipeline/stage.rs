@@ -408,9 +408,11 @@ fn worker(
     stats: &MapStats,
 ) {
     let mut local = LocalStats::default();
-    let mut dedup = Dedup::new(route.dedup_window_ms, route.dedup_per_worker);
-    // Records are encoded into this buffer, reused from event to event.
-    let mut records = RecordBuf::new();
+    let mut scratch = Scratch {
+        dedup: Dedup::new(route.dedup_window_ms, route.dedup_per_worker),
+        records: RecordBuf::new(),
+        source: Source::default(),
+    };
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -420,15 +422,7 @@ fn worker(
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        process(
-            job,
-            route,
-            progress,
-            producer,
-            &mut local,
-            &mut dedup,
-            &mut records,
-        );
+        process(job, route, progress, producer, &mut local, &mut scratch);
         local.since_flush += 1;
         if local.since_flush >= 1024 || rx.is_empty() {
             local.flush(stats);
@@ -487,6 +481,14 @@ struct Output<'a> {
     headers: Option<OwnedHeaders>,
 }
 
+/// A worker's state reused from event to event: its de-duplication table, the buffer records
+/// are encoded into, and the source coordinates.
+struct Scratch {
+    dedup: Dedup,
+    records: RecordBuf,
+    source: Source,
+}
+
 /// Map one input record and hand its outputs to the producer.
 fn process(
     job: Job,
@@ -494,19 +496,25 @@ fn process(
     progress: &Progress,
     producer: &MapProducer,
     local: &mut LocalStats,
-    dedup: &mut Dedup,
-    records: &mut RecordBuf,
+    scratch: &mut Scratch,
 ) {
     let slot = &job.slot;
-    let source = Source {
-        topic: slot.topic.to_string(),
-        partition: slot.partition,
-        offset: slot.offset,
-    };
+    let Scratch {
+        dedup,
+        records,
+        source,
+    } = scratch;
+    // The source coordinates every record carries; the topic string is copied only when it
+    // changes, not once per event.
+    if source.topic != *slot.topic {
+        source.topic = slot.topic.to_string();
+    }
+    source.partition = slot.partition;
+    source.offset = slot.offset;
     let mapped = map_input_encoded(
         &route.dests,
         job.payload.as_deref().unwrap_or_default(),
-        Some(&source),
+        Some(source),
         job.timestamp_ms,
         records,
     );
