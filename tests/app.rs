@@ -34,6 +34,12 @@ async fn one_token_stops_every_stage_and_readiness_goes_first() {
     let cfg = config(kafka.bootstrap(), "http://127.0.0.1:9", "", "");
     let running = Running::start(&cfg, Role::All).await.expect("start");
     let health = running.health.clone();
+    // Ready first, so that readiness going false below is the shutdown's doing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health.ready() {
+        assert!(Instant::now() < deadline, "ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let token = running.shutdown.clone();
     assert!(!token.is_cancelled());
     let stopping = tokio::spawn(running.shutdown(Duration::from_secs(60)));
