@@ -56,6 +56,8 @@ pub struct Running {
     /// Where the ingest API listens, when this process runs it.
     pub ingest_addr: Option<SocketAddr>,
     stages: Vec<(&'static str, JoinHandle<Result<()>>)>,
+    /// Tasks that serve the stages (the group lag export); they end with `shutdown`.
+    helpers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -86,6 +88,7 @@ impl Running {
             metrics_addr,
             ingest_addr: None,
             stages: Vec::new(),
+            helpers: Vec::new(),
         };
         if let Err(e) = running.start_stages(cfg, role).await {
             // Stages already started must not outlive the failed start (a blocking map
@@ -113,6 +116,7 @@ impl Running {
         if self.stages.is_empty() {
             return Err(anyhow!("nothing to run: no destination is configured"));
         }
+        self.start_lag_export(cfg);
         Ok(())
     }
 
@@ -171,6 +175,22 @@ impl Running {
         Ok(())
     }
 
+    /// `eventrelay_group_lag` for every eventrelay group, from this process whatever its role:
+    /// a stage that is down cannot report its own lag.
+    fn start_lag_export(&mut self, cfg: &Config) {
+        let every = cfg.metrics.group_lag_interval_secs;
+        if every <= 0.0 {
+            return;
+        }
+        let task = ops::lag::export(
+            cfg.clone(),
+            self.bootstrap.clone(),
+            Duration::from_secs_f64(every),
+            self.shutdown.clone(),
+        );
+        self.helpers.push(tokio::spawn(task));
+    }
+
     /// Stop every stage, wait for them to drain and commit, and report the first error.
     pub async fn shutdown(self, bound: Duration) -> Result<()> {
         self.health.stopping.store(true, Ordering::Relaxed);
@@ -191,6 +211,10 @@ impl Running {
                     first_err.get_or_insert(anyhow!("{name} stage did not stop within {bound:?}"));
                 }
             }
+        }
+        for h in self.helpers {
+            // A round blocked on a broker request ends within its timeout; not worth failing for.
+            let _ = tokio::time::timeout_at(deadline, h).await;
         }
         drop(self.embedded);
         match first_err {

@@ -143,6 +143,10 @@ pub struct MetricsConfig {
     pub listen: String,
     /// Delivery attempts `/deliveries` keeps per destination (memory bound; 0 keeps none).
     pub deliveries_kept: usize,
+    /// How often the process reads every eventrelay group's committed lag from the brokers
+    /// for `eventrelay_group_lag` (seconds; 0 turns it off). That gauge is what the lag
+    /// alerts use, since it exists even while the stage it measures is down.
+    pub group_lag_interval_secs: f64,
 }
 
 impl Default for MetricsConfig {
@@ -150,6 +154,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
             deliveries_kept: DEFAULT_KEPT,
+            group_lag_interval_secs: 10.0,
         }
     }
 }
@@ -455,6 +460,10 @@ impl Config {
             )
         })?;
         check_kept(self.metrics.deliveries_kept)?;
+        let every = self.metrics.group_lag_interval_secs;
+        if !every.is_finite() || !(0.0..=86_400.0).contains(&every) {
+            bail!("invalid configuration: metrics.group_lag_interval_secs {every} is not between 0 and 86400");
+        }
         if self.map.max_in_flight == 0 {
             bail!("invalid configuration: map.max_in_flight must be at least 1");
         }
@@ -573,6 +582,7 @@ mod tests {
         assert!(err("[ingest]\nlisten = \"nope\"\nwrite_keys=[\"k\"]").contains("ingest.listen"));
         assert!(err("[ingest]\nlisten = \"127.0.0.1:0\"").contains("ingest.write_keys"));
         assert!(err("[metrics]\ndeliveries_kept = 1000000").contains("metrics.deliveries_kept"));
+        assert!(err("[metrics]\ngroup_lag_interval_secs = -1").contains("group_lag_interval_secs"));
         assert!(err("[destinations.seg]\nwebsite_id=\"abc8fb18-7559-4324-9921-a4b5015b4a1c\"\nconcurrency=0")
             .contains("destinations.seg.concurrency"));
     }

@@ -3,6 +3,7 @@
 //! when something went wrong, and `status`, which tells them what went wrong.
 
 pub mod deliveries;
+pub mod lag;
 pub mod redrive;
 pub mod replay;
 pub mod status;
@@ -120,6 +121,10 @@ fn describe() {
     describe_gauge!(
         "eventrelay_consumer_lag",
         "Consumer lag in records, from librdkafka statistics."
+    );
+    describe_gauge!(
+        "eventrelay_group_lag",
+        "Committed lag of an eventrelay consumer group on a topic, read from the brokers."
     );
     describe_gauge!(
         "eventrelay_last_success_timestamp_seconds",

@@ -7,11 +7,11 @@
 //! report says so and still shows the other.
 
 use crate::config::Config;
-use crate::kafka::client_config;
 use crate::kafka::headers::{self, ERROR_REASON};
+use crate::ops::lag::LagReader;
 use crate::ops::redrive::Progress;
 use anyhow::{anyhow, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -193,27 +193,7 @@ pub struct GroupStatus {
     pub error: Option<String>,
 }
 
-/// One partition of a group's topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PartitionLag {
-    /// Partition.
-    pub partition: i32,
-    /// Committed offset (`null`: none yet).
-    pub committed: Option<i64>,
-    /// Log start.
-    pub log_start: i64,
-    /// Log end (high watermark).
-    pub log_end: i64,
-    /// Records after the committed offset; with no commit, from the log start, since the
-    /// stages start at the earliest offset (so input waiting for a stage that never ran is
-    /// lag, not `-` as `kafka-consumer-groups` would print).
-    pub lag: i64,
-}
-
-/// Lag of one partition: see [`PartitionLag::lag`].
-pub fn lag(committed: Option<i64>, log_start: i64, log_end: i64) -> i64 {
-    (log_end - committed.unwrap_or(log_start).max(log_start)).max(0)
-}
+pub use crate::ops::lag::{lag, PartitionLag};
 
 /// One dead-letter topic.
 #[derive(Debug, Clone, Serialize)]
@@ -540,13 +520,14 @@ fn read_brokers(cfg: &Config, scan: usize) -> BrokerPart {
             return part;
         }
     };
-    let reader = match consumer(cfg, bootstrap, &format!("{}.status", cfg.kafka.group_id)) {
+    let mut lags = match LagReader::new(&cfg.kafka, bootstrap, BROKER_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             part.error = Some(format!("{e:#}"));
             return part;
         }
     };
+    let reader = lags.reader();
     if let Err(e) = reader.fetch_metadata(None, BROKER_TIMEOUT) {
         part.error = Some(format!("cannot reach the brokers at {bootstrap}: {e}"));
         return part;
@@ -592,7 +573,7 @@ fn read_brokers(cfg: &Config, scan: usize) -> BrokerPart {
             g.state = Some(state);
             g.members = Some(members);
         }
-        match group_partitions(cfg, bootstrap, &reader, &group, &topic) {
+        match lags.group_partitions(&group, &topic) {
             Ok(rows) => {
                 g.lag = rows.iter().map(|r| r.lag).sum();
                 g.partitions = rows;
@@ -620,7 +601,7 @@ fn read_brokers(cfg: &Config, scan: usize) -> BrokerPart {
             newest: None,
             error: None,
         };
-        if let Err(e) = scan_dead_letters(cfg, bootstrap, &reader, scan, &mut s) {
+        if let Err(e) = scan_dead_letters(cfg, bootstrap, &mut lags, scan, &mut s) {
             s.error = Some(format!("{e:#}"));
         }
         part.dead_letters.push(s);
@@ -628,92 +609,19 @@ fn read_brokers(cfg: &Config, scan: usize) -> BrokerPart {
     part
 }
 
-fn consumer(cfg: &Config, bootstrap: &str, group: &str) -> Result<BaseConsumer> {
-    client_config(&cfg.kafka, bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .context("creating Kafka client")
-}
-
-/// Partition ids of `topic`, sorted; an error when it does not exist.
-fn partitions(reader: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
-    let md = reader
-        .fetch_metadata(Some(topic), BROKER_TIMEOUT)
-        .with_context(|| format!("reading metadata of {topic}"))?;
-    let mut ids: Vec<i32> = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if ids.is_empty() {
-        return Err(anyhow!("topic {topic} does not exist"));
-    }
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// Committed offsets of `group` (read as that group, without joining it) and the watermarks.
-fn committed(
-    cfg: &Config,
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-    ids: &[i32],
-) -> Result<TopicPartitionList> {
-    let c = consumer(cfg, bootstrap, group)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in ids {
-        tpl.add_partition(topic, *p);
-    }
-    c.committed_offsets(tpl, BROKER_TIMEOUT)
-        .with_context(|| format!("reading the committed offsets of {group}"))
-}
-
-fn group_partitions(
-    cfg: &Config,
-    bootstrap: &str,
-    reader: &BaseConsumer,
-    group: &str,
-    topic: &str,
-) -> Result<Vec<PartitionLag>> {
-    let ids = partitions(reader, topic)?;
-    let committed = committed(cfg, bootstrap, group, topic, &ids)?;
-    let mut rows = Vec::with_capacity(ids.len());
-    for p in ids {
-        let (low, high) = reader
-            .fetch_watermarks(topic, p, BROKER_TIMEOUT)
-            .with_context(|| format!("reading the watermarks of {topic} [{p}]"))?;
-        let c = committed
-            .find_partition(topic, p)
-            .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0);
-        rows.push(PartitionLag {
-            partition: p,
-            committed: c,
-            log_start: low,
-            log_end: high,
-            lag: lag(c, low, high),
-        });
-    }
-    Ok(rows)
-}
-
 /// Depth, redrive progress and the reasons of the newest `scan` dead letters per partition.
 fn scan_dead_letters(
     cfg: &Config,
     bootstrap: &str,
-    reader: &BaseConsumer,
+    lags: &mut LagReader,
     scan: usize,
     s: &mut DeadLetterStatus,
 ) -> Result<()> {
     let topic = s.topic.clone();
-    let ids = partitions(reader, &topic)?;
+    let ids = lags.partitions(&topic)?;
     let redrive_group = format!("{}.redrive.{topic}", cfg.kafka.group_id);
-    let progress = committed(cfg, bootstrap, &redrive_group, &topic, &ids)?;
+    let progress = lags.committed(&redrive_group, &topic, &ids)?;
+    let reader = lags.reader();
     let mut assign = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in &ids {
@@ -741,7 +649,11 @@ fn scan_dead_letters(
     if ends.is_empty() {
         return Ok(());
     }
-    let c = consumer(cfg, bootstrap, &format!("{}.status", cfg.kafka.group_id))?;
+    let c = crate::ops::lag::client(
+        &cfg.kafka,
+        bootstrap,
+        &format!("{}.status", cfg.kafka.group_id),
+    )?;
     c.assign(&assign)
         .context("assigning the dead-letter topic")?;
     let started = Instant::now();
@@ -1197,18 +1109,6 @@ mod tests {
         );
         let random = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:0\"\n").unwrap();
         assert!(endpoint_urls(&random, &[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn lag_counts_from_the_commit_or_the_log_start() {
-        assert_eq!(lag(Some(90), 0, 100), 10);
-        assert_eq!(
-            lag(None, 20, 100),
-            80,
-            "no commit: the stage starts at earliest"
-        );
-        assert_eq!(lag(Some(5), 20, 100), 80, "commit below the log start");
-        assert_eq!(lag(Some(100), 0, 100), 0);
     }
 
     #[test]

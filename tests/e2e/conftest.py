@@ -302,11 +302,13 @@ class Eventrelay:
         self.bin, self.procs, self.work = bin, procs, work
 
     def config(self, broker: Broker, stub: Stub | None, group: str, name: str = "eventrelay",
-               properties: dict | None = None, ingest: dict | None = None) -> Config:
+               properties: dict | None = None, ingest: dict | None = None,
+               group_lag_secs: float | None = None) -> Config:
         """Both destinations pointed at the stub (at a closed port without one), fast backoff
         (100 ms to 1 s), a fresh metrics port; `properties` go to [kafka.properties]
         (librdkafka, as is); `ingest` ({"write_keys": [...], ...}) adds an [ingest] table
-        listening on a fresh port (`Config.ingest`)."""
+        listening on a fresh port (`Config.ingest`); `group_lag_secs` sets
+        metrics.group_lag_interval_secs (10 s by default)."""
         cfg = Config(self.work / f"{name}.toml", broker.bootstrap, group, free_addr(),
                      free_addr() if ingest is not None else None)
         endpoint = f"http://{stub.addr}" if stub is not None else "http://127.0.0.1:9"
@@ -316,6 +318,7 @@ group_id = "{group}"
 
 [metrics]
 listen = "{cfg.metrics}"
+{f"group_lag_interval_secs = {group_lag_secs}" if group_lag_secs is not None else ""}
 
 [destinations.owneriq]
 endpoint = "{endpoint}"

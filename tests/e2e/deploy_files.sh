@@ -86,7 +86,7 @@ METRICS = {
     "eventrelay_events_consumed_total", "eventrelay_events_invalid_total",
     "eventrelay_records_produced_total", "eventrelay_events_skipped_total",
     "eventrelay_events_rejected_total", "eventrelay_deliveries_total",
-    "eventrelay_delivery_attempts_total", "eventrelay_consumer_lag",
+    "eventrelay_delivery_attempts_total", "eventrelay_consumer_lag", "eventrelay_group_lag",
     "eventrelay_dead_letters_total", "eventrelay_circuit_state",
     "eventrelay_invalid_headers_total", "up",
 } | {h + s for h in HIST for s in ("_bucket", "_sum", "_count")}
