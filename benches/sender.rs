@@ -216,6 +216,25 @@ fn concurrency() -> usize {
     arg(&args, "--concurrency").unwrap_or(64)
 }
 
+/// Mean duration of one HTTP attempt as the sender timed it (its histogram's sum / count).
+async fn mean_attempt_ms(http: &reqwest::Client, metrics: std::net::SocketAddr) -> f64 {
+    let text = match http.get(format!("http://{metrics}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return f64::NAN,
+    };
+    let samples = eventrelay::ops::status::parse_metrics(&text);
+    let get = |name: &str| {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.label("destination") == Some("seg"))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    get("eventrelay_delivery_duration_seconds_sum")
+        / get("eventrelay_delivery_duration_seconds_count")
+        * 1e3
+}
+
 fn throughput_and_latency(n: usize, latency_secs: f64) {
     let topics: Vec<String> = TOPICS.iter().map(|s| s.to_string()).collect();
     let kafka = Embedded::start(&topics, 16).expect("mock");
@@ -265,7 +284,10 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
                 (q.url, q.headers, q.body.unwrap_or_default())
             })
             .collect();
+        let (cpu_before, stub_before) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
         let ceiling = http_ceiling(&reqs, n).await;
+        let ceiling_cpu_us = (cpu_secs(std::process::id()) - cpu_before) / n as f64 * 1e6;
+        let ceiling_stub_us = (cpu_secs(stub_pid) - stub_before) / n as f64 * 1e6;
         let _ = http.delete(format!("{url}/requests")).send().await;
         let running = Running::start(&cfg, Role::Send).await.expect("send stage");
         let give_up = Instant::now() + Duration::from_secs(600);
@@ -283,6 +305,7 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let secs = first.elapsed().as_secs_f64();
+        let attempt_ms = mean_attempt_ms(&http, running.metrics_addr).await;
         let cpu_self = cpu_secs(std::process::id()) - cpu_self;
         let cpu_stub = cpu_secs(stub_pid) - cpu_stub;
         let rate = n as f64 / secs;
@@ -291,10 +314,18 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         println!("HTTP ceiling, same run (reqwest → the same stub, concurrency {}, same requests, no Kafka): {ceiling:.0} requests/s", concurrency());
         println!("ratio sender/ceiling: {:.2} (goal >= 0.8)", rate / ceiling);
         println!(
+            "mean HTTP attempt inside the sender {attempt_ms:.2} ms; a lane's cycle (concurrency / rate) {:.2} ms; the ceiling's cycle {:.2} ms",
+            concurrency() as f64 / rate * 1e3,
+            concurrency() as f64 / ceiling * 1e3
+        );
+        println!(
             "cpu during the run: eventrelay (sender + in-process mock broker) {:.2} cores, stub {:.2} cores; {:.1} µs of eventrelay CPU per delivery",
             cpu_self / secs,
             cpu_stub / secs,
             cpu_self / n as f64 * 1e6
+        );
+        println!(
+            "cpu per request during the ceiling: this process (reqwest) {ceiling_cpu_us:.1} µs, stub {ceiling_stub_us:.1} µs"
         );
 
         // Latency at half the measured rate: unique messageIds, stamped when produced.
