@@ -123,6 +123,32 @@ fn cpu_secs(pid: u32) -> f64 {
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
 }
 
+/// CPU seconds of this process's threads whose name starts with `prefix` (`rdk:mock`: the
+/// in-process mock broker, which a real deployment does not run).
+fn thread_cpu_secs(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .map(|tid| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<f64> = after
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
+            let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+        })
+        .sum()
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -304,6 +330,7 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         }
         let first = Instant::now();
         let (cpu_self, cpu_stub) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
+        let cpu_mock = thread_cpu_secs("rdk:mock");
         while count().await < n {
             assert!(
                 Instant::now() < give_up,
@@ -314,6 +341,7 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         let secs = first.elapsed().as_secs_f64();
         let attempt_ms = mean_attempt_ms(&http, running.metrics_addr).await;
         let cpu_self = cpu_secs(std::process::id()) - cpu_self;
+        let cpu_mock = thread_cpu_secs("rdk:mock") - cpu_mock;
         let cpu_stub = cpu_secs(stub_pid) - cpu_stub;
         let rate = n as f64 / secs;
         println!("\nsender bench (mock cluster, stub process on loopback, concurrency {}, no faults)", concurrency());
@@ -330,6 +358,10 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             cpu_self / secs,
             cpu_stub / secs,
             cpu_self / n as f64 * 1e6
+        );
+        println!(
+            "of which the in-process mock broker's thread: {:.1} µs per delivery",
+            cpu_mock / n as f64 * 1e6
         );
         println!(
             "cpu per request during the ceiling: this process (reqwest) {ceiling_cpu_us:.1} µs, stub {ceiling_stub_us:.1} µs"
