@@ -1,6 +1,7 @@
 //! Map stage vs a plain pass-through on the same broker, in one go.
 //!
-//! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N]`
+//! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N] [--latency-rate R]
+//! [--skip-ceilings]`
 //! (`scripts/bench_map.sh` runs it on the mock cluster and on tansu). Without `--bootstrap` it
 //! uses an embedded mock cluster, whose partitions keep at most 5 MB each, so the default there
 //! is 24 k events over 16 partitions (1.5 k of ~2.4 KB each). More partitions do not help:
@@ -14,9 +15,10 @@
 //!    (consume → produce the same bytes, same client settings, no parsing, commits the same
 //!    way) and the map stage each drain it with a fresh consumer group. Events/s is measured
 //!    from the first record read to the last output acknowledged.
-//! 2. Latency at half the peak: events are produced at half the map stage's peak rate for a
-//!    few seconds while the stage runs; p50/p99 from an input record's timestamp to when a
-//!    reader sees its output record.
+//! 2. Latency at half the peak: events are produced at half the map stage's peak rate (or
+//!    `--latency-rate`) for a few seconds while the stage runs; p50/p99 from an input record's
+//!    timestamp to when a reader sees its output record. Then the same for the fan-out
+//!    pass-through at the same rate: the broker's own floor.
 
 #[path = "corpus.rs"]
 mod corpus;
@@ -171,6 +173,22 @@ impl ProducerContext for Counting {
 /// stage's client settings. Returns events/s from the first record read to the last
 /// acknowledged.
 fn pass_through(bootstrap: &str, n: u64, fanout: usize) -> f64 {
+    let group = format!("bench-pt{fanout}-{}", now_ms());
+    let never = AtomicBool::new(false);
+    copy_loop(bootstrap, &group, fanout, Some(n), &never)
+}
+
+/// The pass-through's loop: consume `segment.events` in `group` (from its committed offsets,
+/// else the earliest) and produce each record's bytes, key and timestamp to `fanout` topics,
+/// committing every 500 ms, until `n` inputs are acknowledged in every copy (events/s from
+/// the first read), or until `stop` (`n` = None; returns 0).
+fn copy_loop(
+    bootstrap: &str,
+    group: &str,
+    fanout: usize,
+    n: Option<u64>,
+    stop: &AtomicBool,
+) -> f64 {
     let outputs: Vec<String> = (0..fanout)
         .map(|i| format!("bench.passthrough.{i}"))
         .collect();
@@ -185,7 +203,7 @@ fn pass_through(bootstrap: &str, n: u64, fanout: usize) -> f64 {
         .create_with_context(Counting(acked.clone()))
         .expect("producer");
     let consumer: BaseConsumer = consumer_config(&c.kafka, bootstrap)
-        .set("group.id", format!("bench-pt{fanout}-{}", now_ms()))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -194,15 +212,17 @@ fn pass_through(bootstrap: &str, n: u64, fanout: usize) -> f64 {
     let mut first = None;
     let mut read = 0u64;
     let mut last_commit = Instant::now();
-    let mut stall = Stall::new("pass-through", n);
-    let want = n * fanout as u64;
-    while acked.load(Ordering::Relaxed) < want {
-        stall.check(acked.load(Ordering::Relaxed) / fanout as u64);
+    let mut stall = Stall::new("pass-through", n.unwrap_or(u64::MAX));
+    let want = n.map(|n| n * fanout as u64);
+    while !stop.load(Ordering::Relaxed) && want.is_none_or(|w| acked.load(Ordering::Relaxed) < w) {
+        if n.is_some() {
+            stall.check(acked.load(Ordering::Relaxed) / fanout as u64);
+        }
         if last_commit.elapsed() > Duration::from_millis(500) {
             let _ = consumer.commit_consumer_state(CommitMode::Async);
             last_commit = Instant::now();
         }
-        if read >= n {
+        if n.is_some_and(|n| read >= n) {
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
@@ -233,7 +253,10 @@ fn pass_through(bootstrap: &str, n: u64, fanout: usize) -> f64 {
             }
         }
     }
-    n as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64())
+    match n {
+        Some(n) => n as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64()),
+        None => 0.0,
+    }
 }
 
 /// Gives up with a clear message when a run stops making progress for a minute (tansu's
@@ -346,26 +369,10 @@ fn percentile(v: &mut [i64], q: f64) -> i64 {
         .unwrap_or(-1)
 }
 
-/// Map stage p50/p99 from an input record's timestamp to its dest.seg record being readable,
-/// at `rate` events/s for `secs`.
-fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64) {
-    let topic = "dest.seg";
-    let reader: BaseConsumer = consumer_config(&cfg(bootstrap, "x").kafka, bootstrap)
-        .set("group.id", "bench-latency")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let md = reader
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("md");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::End)
-            .expect("tpl");
-    }
-    reader.assign(&tpl).expect("assign");
-    // A group that starts at the log end, so the backlog of the throughput run isn't measured.
-    let group = format!("bench-lat-{}", now_ms());
+/// A fresh consumer group whose committed offsets are the input's log ends, so a stage started
+/// in it skips the throughput run's backlog.
+fn group_at_end(bootstrap: &str, what: &str) -> String {
+    let group = format!("bench-lat-{what}-{}", now_ms());
     let at_end: BaseConsumer = client_config(&cfg(bootstrap, "x").kafka, bootstrap)
         .set("group.id", &group)
         .create()
@@ -384,10 +391,38 @@ fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64
     at_end
         .commit(&ends, CommitMode::Sync)
         .expect("commit end offsets");
-    drop(at_end);
-    let stage = start_map(bootstrap, &group);
-    // Let the group form (and drain the backlog) before the paced load starts.
-    std::thread::sleep(Duration::from_secs(6));
+    group
+}
+
+/// A reader of `topic` from its log end.
+fn reader_at_end(bootstrap: &str, topic: &str) -> BaseConsumer {
+    let reader: BaseConsumer = consumer_config(&cfg(bootstrap, "x").kafka, bootstrap)
+        .set("group.id", "bench-latency")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("md");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::End)
+            .expect("tpl");
+    }
+    reader.assign(&tpl).expect("assign");
+    reader
+}
+
+/// Produce at `rate` for `secs` and collect, per output record `reader` sees, the time from
+/// its input's timestamp (`sent_ms` of the message) to when it was read: p50, p99.
+fn measure(
+    bootstrap: &str,
+    pool: &[Vec<u8>],
+    rate: f64,
+    secs: f64,
+    reader: &BaseConsumer,
+    sent_ms: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> i64,
+) -> (i64, i64) {
     let n = (rate * secs) as usize;
     let (b, p) = (bootstrap.to_string(), pool.to_vec());
     let started = now_ms();
@@ -402,16 +437,47 @@ fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64
             continue;
         };
         let seen = now_ms();
-        let sent = Record::decode(m.payload().unwrap_or_default())
-            .map(|r| r.received_at_ms)
-            .unwrap_or(0);
+        let sent = sent_ms(&m);
         if sent >= started {
             lat.push(seen - sent);
         }
     }
     let _ = producer.join();
-    stage.stop();
     (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99))
+}
+
+/// Map stage p50/p99 from an input record's timestamp to its dest.seg record being readable,
+/// at `rate` events/s for `secs`.
+fn latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64) {
+    let reader = reader_at_end(bootstrap, "dest.seg");
+    let group = group_at_end(bootstrap, "map");
+    let stage = start_map(bootstrap, &group);
+    // Let the group form before the paced load starts.
+    std::thread::sleep(Duration::from_secs(6));
+    let got = measure(bootstrap, pool, rate, secs, &reader, |m| {
+        Record::decode(m.payload().unwrap_or_default())
+            .map(|r| r.received_at_ms)
+            .unwrap_or(0)
+    });
+    stage.stop();
+    got
+}
+
+/// The same for the fan-out pass-through (its output keeps the input's timestamp): the
+/// latency floor of consume → produce → read on this broker, with no work in between.
+fn pass_through_latency(bootstrap: &str, pool: &[Vec<u8>], rate: f64, secs: f64) -> (i64, i64) {
+    let reader = reader_at_end(bootstrap, "bench.passthrough.0");
+    let group = group_at_end(bootstrap, "pt");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b, s) = (bootstrap.to_string(), stop.clone());
+    let copier = std::thread::spawn(move || copy_loop(&b, &group, 2, None, &s));
+    std::thread::sleep(Duration::from_secs(6));
+    let got = measure(bootstrap, pool, rate, secs, &reader, |m| {
+        m.timestamp().to_millis().unwrap_or(0)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = copier.join();
+    got
 }
 
 fn main() {
@@ -483,8 +549,16 @@ fn main() {
     println!("map stage (parse, map both destinations, produce protobuf; {outs} outputs): {mp:.0} events/s");
     println!("ratio map/fan-out: {:.2} (goal >= 0.9)", mp / fan);
     println!("ratio map/pass-through: {:.2}", mp / pt);
-    let rate = mp / 2.0;
+    // `--latency-rate R` instead of half the peak (a broker that slows as its log grows may not
+    // sustain half of what it did at first).
+    let rate = arg("--latency-rate")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(mp / 2.0);
     let secs = if external.is_some() { 10.0 } else { 4.0 };
     let (p50, p99) = latency(&bootstrap, &pool, rate, secs);
-    println!("map stage latency at {rate:.0} events/s (half its peak): p50 {p50} ms, p99 {p99} ms (input timestamp → output readable)");
+    println!("map stage latency at {rate:.0} events/s (half its peak unless --latency-rate): p50 {p50} ms, p99 {p99} ms (input timestamp → output readable)");
+    if !skip {
+        let (f50, f99) = pass_through_latency(&bootstrap, &pool, rate, secs);
+        println!("fan-out pass-through latency at the same rate (the broker's floor): p50 {f50} ms, p99 {f99} ms");
+    }
 }
