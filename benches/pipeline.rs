@@ -1,7 +1,7 @@
 //! Map stage vs a plain pass-through on the same broker, in one go.
 //!
-//! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N] [--latency-rate R]
-//! [--skip-ceilings]`
+//! `cargo bench --bench pipeline -- [--bootstrap HOST:PORT] [--events N] [--rounds R]
+//! [--latency-rate R] [--skip-ceilings]`
 //! (`scripts/bench_map.sh` runs it on the mock cluster and on tansu). Without `--bootstrap` it
 //! uses an embedded mock cluster, whose partitions keep at most 5 MB each, so the default there
 //! is 24 k events over 16 partitions (1.5 k of ~2.4 KB each). More partitions do not help:
@@ -531,19 +531,41 @@ fn main() {
     // The map stage first: brokers slow down as their logs grow (tansu's memory storage did,
     // by half, after the two pass-throughs had written 300 k records), and going last would
     // charge that to the map stage.
-    let mp = map_throughput(&bootstrap, &pool, n as u64);
-    let fan = if skip {
-        f64::NAN
-    } else {
-        pass_through(&bootstrap, n as u64, 2)
+    // `--rounds R` (default 3 on the mock, where one run lasts a fraction of a second, 1 on an
+    // external broker): each round runs the three in turn on the same input; the medians are
+    // compared.
+    let rounds: usize = arg("--rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if external.is_some() { 1 } else { 3 });
+    let (mut mps, mut fans, mut pts) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let mp = map_throughput(&bootstrap, &pool, n as u64);
+        let fan = if skip {
+            f64::NAN
+        } else {
+            pass_through(&bootstrap, n as u64, 2)
+        };
+        let pt = if skip {
+            f64::NAN
+        } else {
+            pass_through(&bootstrap, n as u64, 1)
+        };
+        if rounds > 1 {
+            eprintln!("round {}: map {mp:.0}, fan-out {fan:.0}, pass-through {pt:.0} events/s: ratio map/fan-out {:.2}", r + 1, mp / fan);
+        }
+        mps.push(mp);
+        fans.push(fan);
+        pts.push(pt);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    let pt = if skip {
-        f64::NAN
-    } else {
-        pass_through(&bootstrap, n as u64, 1)
-    };
+    let (mp, fan, pt) = (median(&mut mps), median(&mut fans), median(&mut pts));
     let outs = expected_outputs(&pool, n);
-    println!("\npipeline bench on {broker}: {n} events, ~{avg} bytes each");
+    println!(
+        "\npipeline bench on {broker}: {n} events, ~{avg} bytes each; median of {rounds} round(s)"
+    );
     println!("pass-through (consume → produce same bytes once): {pt:.0} events/s");
     println!("fan-out pass-through (consume → produce same bytes to 2 topics): {fan:.0} events/s");
     println!("map stage (parse, map both destinations, produce protobuf; {outs} outputs): {mp:.0} events/s");

@@ -678,3 +678,68 @@ async fn full_lanes_pause_and_resume_without_losing_or_repeating_a_record() {
     assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
     assert_eq!(reqs.len(), want.len(), "every request once");
 }
+
+/// The broker down mid-run (connections dropped and refused, its data kept: a broker stopped
+/// and restarted on the same storage), then back: every event is delivered to both
+/// destinations, and the process rides it out without a restart. `EVENTRELAY_OUTAGE_SECS`
+/// sets the outage (5 s here; `scripts/chaos.sh` runs it for minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_loses_nothing() {
+    let outage = std::env::var("EVENTRELAY_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(5.0);
+    let kafka = cluster();
+    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
+    let cfg = config(
+        kafka.bootstrap(),
+        &stub.url(),
+        "",
+        "backoff_min_ms = 50\nbackoff_max_ms = 500",
+    );
+    let lines = events(600, 40);
+    let want: std::collections::HashSet<(String, String)> = expected_requests(&cfg, &lines)
+        .into_iter()
+        .map(|(method, url, body)| (method, format!("{url}{body}")))
+        .collect();
+    let running = Running::start(&cfg, Role::All).await.unwrap();
+    wait_ready(&running).await;
+    let (first, second) = lines.split_at(300);
+    produce(&cfg, kafka.bootstrap(), "segment.events", first);
+    wait_for("the first deliveries", Duration::from_secs(60), || {
+        ok(&stub.requests()).len() >= 50
+    })
+    .await;
+    kafka.broker_down().unwrap();
+    let down_at = ok(&stub.requests()).len();
+    tokio::time::sleep(Duration::from_secs_f64(outage)).await;
+    kafka.broker_up().unwrap();
+    let up = Instant::now();
+    produce(&cfg, kafka.bootstrap(), "segment.events", second);
+    let delivered = || -> std::collections::HashSet<(String, String)> {
+        ok(&stub.requests())
+            .into_iter()
+            .map(|r| (r.method.clone(), format!("{}{}", r.url, r.body)))
+            .collect()
+    };
+    wait_for(
+        "every request after the broker came back",
+        Duration::from_secs(180),
+        || delivered().is_superset(&want),
+    )
+    .await;
+    let after = up.elapsed();
+    assert!(
+        !running.stage_ended.is_cancelled(),
+        "no stage stopped during the outage"
+    );
+    let total = ok(&stub.requests()).len();
+    running.shutdown(Duration::from_secs(30)).await.unwrap();
+    eprintln!(
+        "broker down {outage:.0} s after {down_at} deliveries: all {} requests delivered {:.1} s after it came back ({} deliveries, {} duplicates)",
+        want.len(),
+        after.as_secs_f64(),
+        total,
+        total - want.len()
+    );
+}

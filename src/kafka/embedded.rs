@@ -8,19 +8,26 @@ use std::thread::JoinHandle;
 
 /// librdkafka's mock cluster running in the process (real Kafka protocol on 127.0.0.1).
 ///
-/// `MockCluster` is not `Send`, so it lives on its own thread for the life of this handle.
+/// `MockCluster` is not `Send`, so it lives on its own thread for the life of this handle, and
+/// [`Embedded::broker_down`] / [`Embedded::broker_up`] reach it through a channel.
 pub struct Embedded {
     bootstrap: String,
     /// Dropping it ends the thread, which drops the cluster.
-    stop: Option<mpsc::Sender<()>>,
+    ctl: Option<mpsc::Sender<Ctl>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the cluster's thread is asked to do; each answers on its own channel.
+enum Ctl {
+    Down(mpsc::Sender<Result<()>>),
+    Up(mpsc::Sender<Result<()>>),
 }
 
 impl Embedded {
     /// Start a one-broker cluster and create `topics` with `partitions` partitions each.
     pub fn start(topics: &[String], partitions: i32) -> Result<Embedded> {
         let (boot_tx, boot_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
@@ -40,7 +47,13 @@ impl Embedded {
                 }
                 let _ = boot_tx.send(Ok(cluster.bootstrap_servers()));
                 // Keep the cluster until the handle is dropped.
-                let _ = stop_rx.recv();
+                while let Ok(ctl) = ctl_rx.recv() {
+                    let (result, reply) = match ctl {
+                        Ctl::Down(reply) => (cluster.broker_down(1), reply),
+                        Ctl::Up(reply) => (cluster.broker_up(1), reply),
+                    };
+                    let _ = reply.send(result.map_err(|e| anyhow!("mock broker: {e}")));
+                }
                 drop(cluster);
             })
             .context("spawning embedded Kafka thread")?;
@@ -49,7 +62,7 @@ impl Embedded {
             .map_err(|_| anyhow!("embedded Kafka thread died"))??;
         Ok(Embedded {
             bootstrap,
-            stop: Some(stop_tx),
+            ctl: Some(ctl_tx),
             thread: Some(thread),
         })
     }
@@ -58,11 +71,34 @@ impl Embedded {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Take the broker down: connections are dropped and new ones refused, its logs and
+    /// committed offsets are kept (a broker stopped and restarted on the same storage). For
+    /// outage drills and tests.
+    pub fn broker_down(&self) -> Result<()> {
+        self.ask(Ctl::Down)
+    }
+
+    /// Bring the broker back after [`Embedded::broker_down`].
+    pub fn broker_up(&self) -> Result<()> {
+        self.ask(Ctl::Up)
+    }
+
+    fn ask(&self, ctl: fn(mpsc::Sender<Result<()>>) -> Ctl) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.ctl
+            .as_ref()
+            .ok_or_else(|| anyhow!("embedded Kafka is stopped"))?
+            .send(ctl(tx))
+            .map_err(|_| anyhow!("embedded Kafka thread died"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("embedded Kafka thread died"))?
+    }
 }
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.ctl.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
