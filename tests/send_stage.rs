@@ -743,3 +743,77 @@ async fn a_broker_outage_loses_nothing() {
         total - want.len()
     );
 }
+
+/// A record in the shortest retry tier (500 ms) whose due-time header says six months from
+/// now (hand-made, or written by an instance whose clock ran far ahead): it waits at most its
+/// tier plus 5 s of clock slack after it was written, not six months, and is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_due_far_ahead_waits_no_longer_than_its_tier() {
+    use eventrelay::destinations::Routed;
+    use eventrelay::headers::{retry, Origin, RetryState};
+    use prost::Message as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let kafka = cluster();
+    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
+    let cfg = config(kafka.bootstrap(), &stub.url(), "", "");
+    let seg = cfg
+        .destinations()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.dest.name() == "seg")
+        .unwrap();
+    let tier = seg.delivery.retry_tiers[0];
+    let line = serde_json::json!({"type": "track", "event": "Viewed Product", "userId": "user-far",
+        "messageId": "far-1", "properties": {"sku": "1"}})
+    .to_string()
+    .into_bytes();
+    let now = eventrelay::event::now_millis();
+    let (_, routed) =
+        eventrelay::map_input(std::slice::from_ref(&seg.dest), &line, None, now).unwrap();
+    let Some(Routed::Records(records)) = routed.into_iter().next() else {
+        panic!("Seg takes the event");
+    };
+    let running = Running::start(&cfg, Role::All).await.unwrap();
+    wait_ready(&running).await;
+    let origin = Origin {
+        topic: "dest.seg".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let headers = retry(&RetryState {
+        due_ms: now + 180 * 24 * 3600 * 1000,
+        attempts: 1,
+        first_attempt_ms: now,
+        not_before_ms: None,
+        origin: &origin,
+        last_error: "HTTP 503",
+    });
+    let payload = records[0].encode_to_vec();
+    let topic = cfg.kafka.retry_topic("seg", tier);
+    let p: BaseProducer = eventrelay::client_config(&cfg.kafka, kafka.bootstrap())
+        .create()
+        .unwrap();
+    p.send(
+        BaseRecord::to(&topic)
+            .key("user-far")
+            .payload(&payload)
+            .headers(headers),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    wait_for("the record delivered", Duration::from_secs(60), || {
+        ok(&stub.requests())
+            .iter()
+            .any(|r| message_id(r) == "far-1")
+    })
+    .await;
+    let waited = started.elapsed();
+    running.shutdown(Duration::from_secs(30)).await.unwrap();
+    eprintln!("due six months ahead in the {tier:?} tier: delivered after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(20),
+        "waited {waited:?}: the tier ({tier:?}) plus the 5 s slack, not the header's six months"
+    );
+}

@@ -796,14 +796,14 @@ pub async fn run_send_stage(
 fn sources(
     k: &crate::config::KafkaConfig,
     d: &EnabledDestination,
-) -> Vec<(String, String, String, bool)> {
+) -> Vec<(String, String, String, Option<Duration>)> {
     let name = d.dest.name();
     let group = format!("{}.send.{name}", k.group_id);
     let mut out = vec![(
         k.destination_topic(name),
         group.clone(),
         format!("send.{name}"),
-        false,
+        None,
     )];
     for tier in &d.delivery.retry_tiers {
         let label = crate::config::tier_label(*tier);
@@ -811,7 +811,7 @@ fn sources(
             k.retry_topic(name, *tier),
             format!("{group}.retry.{label}"),
             format!("send.{name}.retry.{label}"),
-            true,
+            Some(*tier),
         ));
     }
     out
@@ -832,7 +832,8 @@ fn start_consumers(
     let max_in_flight = max_in_flight(&d.delivery);
     sources(k, d)
         .into_iter()
-        .map(|(topic, group, member, retry)| {
+        .map(|(topic, group, member, tier)| {
+            let retry = tier.is_some();
             let spec = ConsumerSpec {
                 group,
                 member,
@@ -865,7 +866,7 @@ fn start_consumers(
                     |c| {
                         let intake = SendIntake {
                             progress,
-                            retry,
+                            tier,
                             breaker,
                         };
                         c.run(intake, senders, &stage)
@@ -953,9 +954,14 @@ const RETRY_FETCH_WAIT_MS: u32 = 500;
 /// a record waits until its due time.
 struct SendIntake {
     progress: Arc<Progress>,
-    retry: bool,
+    /// The delay tier, when this consumer reads a retry topic.
+    tier: Option<Duration>,
     breaker: Arc<Breaker>,
 }
+
+/// How far a retry record's due time may lie past its tier's delay after it was written (clock
+/// differences between the instance that wrote it and the one reading it).
+const DUE_SLACK_MS: i64 = 5_000;
 
 impl Intake for SendIntake {
     type Job = Item;
@@ -964,19 +970,31 @@ impl Intake for SendIntake {
         Item {
             slot,
             progress: self.progress.clone(),
-            retried: self.retry,
+            retried: self.tier.is_some(),
             key: msg.key().map(<[u8]>::to_vec),
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers: msg.headers().map(|h| h.detach()),
         }
     }
 
+    /// The due time from the record's header, capped at its tier's delay after the record was
+    /// written (plus [`DUE_SLACK_MS`]): the sender never writes a later one, so a header
+    /// further out (hand-made, or from a clock far ahead) cannot park a record, and every
+    /// record behind it in the partition, for longer than the tier says.
     fn due_ms(&self, msg: &BorrowedMessage<'_>) -> Option<i64> {
-        if !self.retry {
-            return None;
-        }
+        let tier = self.tier?;
         let now = now_millis();
-        headers::time_ms(msg.headers(), headers::RETRY_DUE, now).filter(|due| *due > now)
+        let due = headers::time_ms(msg.headers(), headers::RETRY_DUE, now)?;
+        let written = msg
+            .timestamp()
+            .to_millis()
+            .filter(|t| *t > 0)
+            .unwrap_or(now)
+            .min(now);
+        let cap = written
+            .saturating_add(tier.as_millis() as i64)
+            .saturating_add(DUE_SLACK_MS);
+        Some(due.min(cap)).filter(|due| *due > now)
     }
 
     /// While the destination's circuit is not closed, read nothing more: lag grows on the
