@@ -438,3 +438,46 @@ fn a_repeated_message_id_is_delivered_once_and_a_replay_delivers_again() {
         "each original delivered once more"
     );
 }
+
+/// The broker gone while the map stage's producer queue is full, then SIGTERM (the token): the
+/// stage stops within its drain bound (3 s with the 6 s session here) instead of waiting for
+/// room in the queue forever; what it could not hand on is not committed, so it is read again.
+#[test]
+fn stopping_during_a_broker_outage_with_a_full_producer_queue_ends() {
+    let kafka = cluster();
+    let base = config(kafka.bootstrap(), "http://127.0.0.1:9", "", "");
+    produce(
+        &base,
+        kafka.bootstrap(),
+        "segment.events",
+        &events(3000, 50),
+    );
+    let mut cfg = base.clone();
+    // A producer queue this small fills as soon as acknowledgements stop.
+    cfg.kafka
+        .properties
+        .insert("queue.buffering.max.messages".into(), "20".into());
+    let stage = start(&cfg, kafka.bootstrap());
+    wait_for("the first outputs", Duration::from_secs(60), || {
+        stage.stats.acked.load(Ordering::Relaxed) > 0
+    });
+    kafka.broker_down().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stopping = std::thread::spawn(move || {
+        let t = Instant::now();
+        stage.stop.cancel();
+        let result = stage.handle.join().expect("join");
+        let _ = done_tx.send((t.elapsed(), result.map_err(|e| format!("{e:#}"))));
+    });
+    let took = done_rx.recv_timeout(Duration::from_secs(60));
+    let _ = kafka.broker_up();
+    assert!(
+        took.is_ok(),
+        "the map stage did not stop within 60 s of its token with the broker down"
+    );
+    let _ = stopping.join();
+    if let Ok((took, result)) = took {
+        eprintln!("stopped {took:?} after the token, broker down, producer queue full: {result:?}");
+    }
+}

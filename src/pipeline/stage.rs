@@ -197,7 +197,14 @@ struct Route {
     dlq: String,
     dedup_window_ms: i64,
     dedup_per_worker: usize,
+    /// Set once the consumer has drained and committed: work still waiting for room in the
+    /// producer's queue (the broker gone) is given up instead of waited for, since nothing
+    /// after that commit is committed by this process, and the workers can end.
+    abandon: std::sync::atomic::AtomicBool,
 }
+
+/// How long a stopping map stage waits for its producer's last acknowledgements.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// Skip reason of a messageId seen at an earlier offset within the window.
 pub const DUPLICATE: &str = "duplicate";
@@ -249,10 +256,16 @@ pub fn run_map_stage(
     };
     // Returns after the lanes are closed, the work in progress finished (bounded) and committed.
     let result = consumer.run(intake, lanes, &shutdown);
+    route
+        .abandon
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
     }
-    let _ = producer.flush(Duration::from_secs(30));
+    // Offsets are committed by now only up to outputs the broker acknowledged, so this flush
+    // is a courtesy (fewer outputs written again after a restart), not a guarantee: bounded
+    // short, since with the broker gone it can only wait.
+    let _ = producer.flush(FINAL_FLUSH);
     tracing::info!("map stage stopped");
     result
 }
@@ -274,6 +287,7 @@ fn route(cfg: &Config) -> Result<Route> {
         } else {
             cfg.map.dedup_max_entries / cfg.map.worker_count().max(1)
         },
+        abandon: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -431,16 +445,21 @@ fn worker(
     local.flush(stats);
 }
 
-/// Hand one record to the producer, retrying while its queue is full. `false` when the
-/// producer refused it for good (e.g. larger than the broker accepts).
+/// Hand one record to the producer, retrying while its queue is full (the broker slow or
+/// gone: backpressure) unless the stage has `abandon`ed its remaining work. An error when the
+/// producer refused it for good (e.g. larger than the broker accepts) or it was abandoned.
 fn produce(
     producer: &MapProducer,
     mut record: BaseRecord<'_, [u8], [u8], Box<Slot>>,
+    abandon: &std::sync::atomic::AtomicBool,
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                if abandon.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                }
                 record = r;
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -542,7 +561,7 @@ fn process(
     };
     // One mapping token was registered; it becomes one piece of work per output.
     progress.adjust(slot, outputs.len() as i64 - 1);
-    produce_all(outputs, slot, producer, progress);
+    produce_all(outputs, slot, producer, progress, &route.abandon);
 }
 
 /// Per destination: its record, or a dead letter for a reject; skips are only counted.
@@ -622,17 +641,27 @@ fn dead_letter<'a>(
 
 /// Hand every output to the producer; one that cannot be produced at all holds the input
 /// offset back for good (the stage then stops and a restart re-reads it).
-fn produce_all(outputs: Vec<Output<'_>>, slot: &Slot, producer: &MapProducer, progress: &Progress) {
+fn produce_all(
+    outputs: Vec<Output<'_>>,
+    slot: &Slot,
+    producer: &MapProducer,
+    progress: &Progress,
+    abandon: &std::sync::atomic::AtomicBool,
+) {
     for out in outputs {
         let build = |value, headers| record_for(&out, value, headers, slot);
-        let sent = match produce(producer, build(out.value.as_deref(), out.headers.clone())) {
+        let sent = match produce(
+            producer,
+            build(out.value.as_deref(), out.headers.clone()),
+            abandon,
+        ) {
             // A dead letter too large for the producer (an oversized input plus headers): keep
             // the verdict and the coordinates, drop the value, rather than stop the pipeline.
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
                 if out.headers.is_some() =>
             {
                 let h = out.headers.clone().map(headers::value_dropped);
-                produce(producer, build(None, h))
+                produce(producer, build(None, h), abandon)
             }
             other => other,
         };
