@@ -112,7 +112,12 @@ fn bin() -> &'static str {
 
 /// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds from a `stat` file of `/proc` (a process's or a thread's).
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<f64> = after
         .split_whitespace()
@@ -135,17 +140,7 @@ fn thread_cpu_secs(prefix: &str) -> f64 {
             std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
         })
         .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
-        .map(|tid| {
-            let stat =
-                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<f64> = after
-                .split_whitespace()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect();
-            let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
-        })
+        .map(|tid| stat_cpu_secs(&format!("/proc/self/task/{tid}/stat")))
         .sum()
 }
 

@@ -18,7 +18,10 @@ async fn run_returns_when_its_shutdown_future_resolves() {
         let _ = rx.await;
     }));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!service.is_finished(), "runs until told to stop");
+    if service.is_finished() {
+        let ended = service.await;
+        panic!("runs until told to stop, but it ended: {ended:?}");
+    }
     let _ = tx.send(());
     let result = tokio::time::timeout(Duration::from_secs(60), service)
         .await

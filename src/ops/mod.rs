@@ -55,6 +55,10 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Install the global Prometheus recorder once (later calls return the same handle).
 pub fn install_metrics() -> Result<PrometheusHandle> {
+    // Two stages (or two tests) starting at once must not both try to install: the second
+    // install fails ("a recorder is already installed").
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
