@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// Base client config: bootstrap servers plus the user's `[kafka.properties]`.
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
-    with_properties(ClientConfig::new(), kafka, bootstrap)
+    with_properties(ClientConfig::new(), kafka, bootstrap, &[])
 }
 
 /// Config for the stages' group consumers: [`client_config`] with `fetch.wait.max.ms` from
@@ -38,7 +38,7 @@ pub fn consumer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
         });
     let mut c = ClientConfig::new();
     c.set("fetch.wait.max.ms", wait.to_string());
-    with_properties(c, kafka, bootstrap)
+    with_properties(c, kafka, bootstrap, PRODUCER_ONLY)
 }
 
 /// The one preset every stage consumer uses: [`consumer_config`] in consumer group `group`,
@@ -92,19 +92,94 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 pub fn producer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("linger.ms", "5");
-    let mut c = with_properties(c, kafka, bootstrap);
+    let mut c = with_properties(c, kafka, bootstrap, CONSUMER_ONLY);
     c.set("enable.idempotence", "true").set("acks", "all");
     c
 }
 
-fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+/// `bootstrap.servers`, `client.id` and the user's `[kafka.properties]` except the keys of
+/// `skip` (those of the other kind of client).
+fn with_properties(
+    mut c: ClientConfig,
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    skip: &[&str],
+) -> ClientConfig {
     c.set("bootstrap.servers", bootstrap);
     c.set("client.id", "eventrelay");
     for (k, v) in &kafka.properties {
-        c.set(k, v);
+        if !skip.contains(&k.as_str()) {
+            c.set(k, v);
+        }
     }
     c
 }
+
+/// librdkafka's consumer-only properties (the `C` rows of its CONFIGURATION.md, 2.12). One
+/// `[kafka.properties]` table serves every client, and a producer given one of these logs a
+/// CONFWARN at start that an operator would chase; producers are not given them.
+const CONSUMER_ONLY: &[&str] = &[
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "coordinator.query.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "fetch.error.backoff.ms",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.wait.max.ms",
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "session.timeout.ms",
+];
+
+/// librdkafka's producer-only properties (the `P` rows): the stages' consumers are not given
+/// them, for the same reason as [`CONSUMER_ONLY`].
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.level",
+    "compression.type",
+    "delivery.report.only.error",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "queue.buffering.backpressure.threshold",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "queuing.strategy",
+    "request.required.acks",
+    "request.timeout.ms",
+    "retries",
+    "sticky.partitioning.linger.ms",
+    "transaction.timeout.ms",
+    "transactional.id",
+];
 
 /// One id per process for what must not be shared between two live processes (transactional
 /// ids): `kafka.instance_id` when set (stable across restarts, so a restarted instance fences
@@ -194,6 +269,28 @@ pub async fn ensure_topics(kafka: &KafkaConfig, bootstrap: &str, topics: &[Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_client_gets_only_its_kind_of_property() {
+        let cfg = crate::config::Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"compression.type\" = \"lz4\"\n\"socket.keepalive.enable\" = \"true\"\n",
+        )
+        .expect("config");
+        let p = producer_config(&cfg.kafka, "b:9092");
+        assert_eq!(p.get("compression.type"), Some("lz4"));
+        assert_eq!(p.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(p.get("session.timeout.ms"), None, "consumer-only");
+        let c = group_consumer_config(&cfg.kafka, "b:9092", "g", "map");
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(c.get("compression.type"), None, "producer-only");
+        let any = client_config(&cfg.kafka, "b:9092");
+        assert_eq!(
+            any.get("session.timeout.ms"),
+            Some("6000"),
+            "a plain client gets all"
+        );
+    }
 
     #[test]
     fn consumer_fetch_wait_defaults_by_broker_and_yields_to_properties() {
