@@ -81,21 +81,7 @@ impl LagReader {
 
     /// Partition ids of `topic`, sorted; an error when it does not exist.
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
-        let md = self
-            .reader
-            .fetch_metadata(Some(topic), self.timeout)
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let mut ids: Vec<i32> = md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            return Err(NoSuchTopic(topic.to_string()).into());
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        partition_ids(&self.reader, topic, self.timeout)
     }
 
     /// Committed offsets of `group` on `topic`'s partitions `ids`.
@@ -142,6 +128,29 @@ impl LagReader {
         }
         Ok(rows)
     }
+}
+
+/// Partition ids of `topic` as `client` reads them from the brokers, sorted; [`NoSuchTopic`]
+/// when it does not exist.
+pub(crate) fn partition_ids(
+    client: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let mut ids: Vec<i32> = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Err(NoSuchTopic(topic.to_string()).into());
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// A client in `group` that never joins it: no commits, reads committed data only.

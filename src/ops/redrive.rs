@@ -494,23 +494,8 @@ impl<'a> Scan<'a> {
     /// Read the committed progress and assign each partition from its first dead letter not
     /// copied (from the log start with `--from-beginning`, which chooses regardless of it).
     fn open(cfg: &Config, bootstrap: &str, group: &str, a: &RedriveArgs<'a>) -> Result<Scan<'a>> {
-        let consumer: BaseConsumer = client_config(&cfg.kafka, bootstrap)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .context("creating consumer")?;
-        let md = consumer.fetch_metadata(Some(a.from), TIMEOUT)?;
-        let parts: Vec<i32> = md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if parts.is_empty() {
-            bail!("topic {} does not exist", a.from);
-        }
+        let consumer = crate::ops::lag::client(&cfg.kafka, bootstrap, group)?;
+        let parts = crate::ops::lag::partition_ids(&consumer, a.from, TIMEOUT)?;
         let mut tpl = TopicPartitionList::new();
         for p in &parts {
             tpl.add_partition(a.from, *p);
