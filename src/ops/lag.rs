@@ -74,11 +74,6 @@ impl LagReader {
         &self.reader
     }
 
-    /// The per-request broker timeout.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Partition ids of `topic`, sorted; an error when it does not exist.
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
         partition_ids(&self.reader, topic, self.timeout)
@@ -182,41 +177,36 @@ pub async fn export(cfg: Config, bootstrap: String, every: Duration, shutdown: C
     let mut reader: Option<LagReader> = None;
     let mut failing = false;
     loop {
-        let (kafka, b, gs) = (cfg.kafka.clone(), bootstrap.clone(), groups.clone());
-        let mut r = reader.take();
+        let (kafka, b, gs, r) = (
+            cfg.kafka.clone(),
+            bootstrap.clone(),
+            groups.clone(),
+            reader.take(),
+        );
         let round = tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<()> {
-                if r.is_none() {
-                    r = Some(LagReader::new(&kafka, &b, EXPORT_TIMEOUT)?);
-                }
-                let reader = r.as_mut().ok_or_else(|| anyhow!("no reader"))?;
-                export_round(reader, &gs)
-            })();
-            (r, result)
+            let mut r = match r.map_or_else(|| LagReader::new(&kafka, &b, EXPORT_TIMEOUT), Ok) {
+                Ok(r) => r,
+                Err(e) => return (None, Err(e)),
+            };
+            let result = export_round(&mut r, &gs);
+            (Some(r), result)
         });
-        let result = tokio::select! {
+        let (r, result) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            j = round => j,
+            j = round => j.unwrap_or_else(|e| (None, Err(anyhow!("group lag round panicked: {e}")))),
         };
+        reader = r;
         match result {
-            Ok((r, Ok(()))) => {
-                reader = r;
-                if failing {
-                    tracing::info!("group lag readable again");
-                }
+            Ok(()) if failing => {
+                tracing::info!("group lag readable again");
                 failing = false;
             }
-            Ok((r, Err(e))) => {
-                reader = r;
-                if !failing {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read group lag from the brokers; will retry");
-                }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read group lag from the brokers; will retry");
                 failing = true;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "group lag round panicked");
-                failing = true;
-            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
