@@ -1,4 +1,5 @@
-//! Send stage benchmarks. `cargo bench --bench sender -- [--records N] [--latency-secs S]`
+//! Send stage benchmarks. `cargo bench --bench sender -- [--records N] [--latency-secs S]
+//! [--concurrency N] [--property KEY=VALUE]`
 //! and `cargo bench --bench sender -- --bootstrap HOST:PORT --backlog N [--watch-secs S]`
 //! (`scripts/bench_send.sh` runs both, the second on tansu).
 //!
@@ -283,6 +284,14 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             concurrency(),
         ))
         .expect("config");
+        let mut cfg = cfg;
+        // `--property KEY=VALUE` (repeatable): librdkafka settings for the send stage, e.g.
+        // `fetch.queue.backoff.ms=1000` (librdkafka's default) to see the stage before its fix.
+        let args: Vec<String> = std::env::args().collect();
+        for kv in args.windows(2).filter(|w| w[0] == "--property").map(|w| &w[1]) {
+            let (k, v) = kv.split_once('=').expect("--property KEY=VALUE");
+            cfg.kafka.properties.insert(k.into(), v.into());
+        }
         let records: Vec<(String, Vec<u8>)> = seg_records()
             .into_iter()
             .map(|(k, r)| (k, r.encode_to_vec()))

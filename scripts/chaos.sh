@@ -14,5 +14,5 @@ python3 -m pytest tests/e2e/chaos -m long -s "$@" | grep -E '^(PASS|FAIL) |^FIGU
 # the same test the test command runs for 5 s. Only in a full run (no -k).
 if [ $# -eq 0 ]; then
   EVENTRELAY_OUTAGE_SECS=600 cargo test --release --test send_stage a_broker_outage_loses_nothing \
-    -- --nocapture 2>&1 | grep -E '^broker down|test result|panicked'
+    -- --nocapture 2>&1 | grep -E '^broker (down|outage)|test result|panicked'
 fi

@@ -742,6 +742,33 @@ async fn a_broker_outage_loses_nothing() {
         total,
         total - want.len()
     );
+    // Where duplicates come from: copies in the destination topics (the map stage read its
+    // input again) and how often each request reached the stub (the sender read again).
+    for topic in ["dest.seg", "dest.owneriq"] {
+        let m = read_topic(
+            kafka.bootstrap(),
+            topic,
+            usize::MAX,
+            Duration::from_secs(2),
+            Duration::from_secs(20),
+        );
+        eprintln!(
+            "broker outage: {topic} holds {} records, {} distinct",
+            m.len(),
+            message_counts(&m).len()
+        );
+    }
+    let mut times: HashMap<String, usize> = HashMap::new();
+    for r in ok(&stub.requests()) {
+        *times
+            .entry(format!("{}{}", r.method, message_id(r)))
+            .or_default() += 1;
+    }
+    let mut spread = std::collections::BTreeMap::<usize, usize>::new();
+    for n in times.values() {
+        *spread.entry(*n).or_default() += 1;
+    }
+    eprintln!("broker outage: requests by times delivered {spread:?}");
 }
 
 /// A record in the shortest retry tier (500 ms) whose due-time header says six months from

@@ -77,10 +77,9 @@ def test_destination_alerts_and_dashboard(tansu, stub, eventrelay, kafka, promet
     check(not other, f"no alert for owneriq while only Seg fails ({server.describe_alerts()})")
 
     # --- Seg back, and busy healthy traffic (valid, invalid, rejected, skipped events): both
-    # resolve (the error ratio over the shipped 5m
-    # window falls under 5 % once enough deliveries succeed) ---
+    # resolve (the error ratio over the shipped 5m window falls under 5 % once enough
+    # deliveries succeed) ---
     dest.clear_faults()
-    # --- busy and healthy: valid, invalid, rejected, skipped events ---
     lines = events(3000, 31, "a", invalid_every=50) + rejected_events(5)
     kafka.produce(broker.bootstrap, "segment.events", lines)
     ok = server.wait(lambda: (server.value('sum(eventrelay_deliveries_total{outcome="success"})')
