@@ -9,7 +9,7 @@
 //! fields. Parsing into a tree (`serde_json::Value` with an ordered map) allocated a `String`
 //! per key and value and cost more than everything else the stage does. Here one pass reads
 //! the fields the destinations use and keeps `properties`, `traits`, `context.traits` and
-//! `context.page` as raw JSON slices ([`RawValue`]) that the Seg body embeds as they came, so
+//! `context.page` as raw JSON slices ([`Raw`]) that the Seg body embeds as they came, so
 //! numbers, escapes and key order reach the destination exactly as sent. The parts a mapper
 //! needs from inside a raw slice are read on demand with [`raw::pick`] (one shallow pass).
 //!
@@ -18,6 +18,41 @@
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
+
+/// One JSON value's text exactly as it came, borrowed from the record. Only the parser makes
+/// one (from a slice it has validated as a whole JSON value), so the text is always valid JSON
+/// and a destination can embed it as is.
+///
+/// Not `serde_json`'s `&RawValue` because the event pass also cuts slices out of the record
+/// itself (an object whose members it has read, see [`Props`]), and serde_json makes a
+/// `&RawValue` only by parsing the text again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// A slice the caller knows to be one whole JSON value (a constant, or text the parser
+    /// has read).
+    pub(crate) const fn trusted(text: &'a str) -> Self {
+        Raw(text)
+    }
+}
+
+impl fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|v| Raw(v.get()))
+    }
+}
 
 /// Segment rejects events over 32 KB; we treat larger records as invalid input the same way.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
@@ -165,31 +200,72 @@ pub struct Event<'a> {
     /// `event` when it is a string (the track event name; validated non-blank for track).
     pub event: Option<Cow<'a, str>>,
     /// `name` (page, screen), any JSON value but null.
-    pub name: Option<&'a RawValue>,
+    pub name: Option<Raw<'a>>,
     /// `previousId` for alias calls (validated like `userId`); `None` for other calls.
     pub previous_id: Option<Cow<'a, str>>,
     /// The four Segment timestamps, as sent (each validated when present).
     pub times: Times<'a>,
     /// `properties`, a JSON object, as sent.
-    pub properties: Option<&'a RawValue>,
+    pub properties: Option<Raw<'a>>,
     /// `traits`, a JSON object, as sent.
-    pub traits: Option<&'a RawValue>,
+    pub traits: Option<Raw<'a>>,
     /// `context.traits` when it is an object, as sent.
-    pub context_traits: Option<&'a RawValue>,
+    pub context_traits: Option<Raw<'a>>,
     /// `context.page` when it is an object, as sent.
-    pub context_page: Option<&'a RawValue>,
+    pub context_page: Option<Raw<'a>>,
     /// `integrations`, a JSON object, as sent.
-    pub integrations: Option<&'a RawValue>,
+    pub integrations: Option<Raw<'a>>,
     /// `context.traits.email`, else `traits.email`: a non-blank string.
     pub email: Option<Cow<'a, str>>,
+    /// An `Order Completed` track's `properties` as the event pass read them (see
+    /// [`Event::order`]).
+    order: Option<Box<Order<'a>>>,
+}
+
+/// The order fields of `properties` destinations read from an `Order Completed` track;
+/// [`Order::pick`] takes them by name.
+pub const ORDER_KEYS: [&str; 6] = ["orderId", "order_id", "id", "total", "revenue", "email"];
+
+/// The fields of a `properties.products` element (Segment's e-commerce spec) destinations
+/// read, in the order [`Order::each_product`] gives them.
+pub const PRODUCT_KEYS: [&str; 7] = [
+    "brand", "sku", "price", "category", "quantity", "name", "title",
+];
+
+/// The `properties` of an `Order Completed` track as the event pass read them, in the same
+/// pass that cut the slice: the [`ORDER_KEYS`] members (the last occurrence of a key wins) and
+/// the object elements of `products`, so no mapper parses them a second time. Only this call
+/// is read member by member (a destination itemizes its products); serde_json passes over any
+/// other `properties` much faster than it walks one.
+#[derive(Debug, Clone, Default)]
+pub struct Order<'a> {
+    values: [Option<Raw<'a>>; ORDER_KEYS.len()],
+    products: Vec<[Option<Raw<'a>>; PRODUCT_KEYS.len()]>,
+}
+
+impl<'a> Order<'a> {
+    /// The values of `keys`, each one of [`ORDER_KEYS`] (another name reads as absent).
+    pub fn pick<const N: usize>(&self, keys: [&str; N]) -> [Option<Raw<'a>>; N] {
+        keys.map(|k| {
+            ORDER_KEYS
+                .iter()
+                .position(|p| *p == k)
+                .and_then(|i| self.values[i])
+        })
+    }
+
+    /// The object elements of the last `products` member, in order, with their
+    /// [`PRODUCT_KEYS`] values; other elements (and a `products` that is not an array) give
+    /// none.
+    pub fn products(&self) -> &[[Option<Raw<'a>>; PRODUCT_KEYS.len()]] {
+        &self.products
+    }
 }
 
 /// Two events are equal when every field is, raw slices compared by their text.
 impl PartialEq for Event<'_> {
     fn eq(&self, o: &Self) -> bool {
-        let raw_eq = |a: Option<&RawValue>, b: Option<&RawValue>| {
-            a.map(RawValue::get) == b.map(RawValue::get)
-        };
+        let raw_eq = |a: Option<Raw<'_>>, b: Option<Raw<'_>>| a.map(Raw::get) == b.map(Raw::get);
         self.kind == o.kind
             && self.message_id == o.message_id
             && self.user_id == o.user_id
@@ -223,10 +299,10 @@ pub struct Times<'a> {
 /// Helpers over raw JSON slices: the event model's way of reading inside `properties` and
 /// friends without building a tree.
 pub mod raw {
+    use super::Raw;
     use serde::de::{
         self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
     };
-    use serde_json::value::RawValue;
     use std::borrow::Cow;
     use std::fmt;
 
@@ -259,7 +335,7 @@ pub mod raw {
     /// anything else is passed over.
     struct Objects<'k, 'f, F, const M: usize>(&'f mut F, [&'k str; M]);
 
-    impl<'de, F: FnMut([Option<&'de RawValue>; M]), const M: usize> DeserializeSeed<'de>
+    impl<'de, F: FnMut([Option<Raw<'de>>; M]), const M: usize> DeserializeSeed<'de>
         for Objects<'_, '_, F, M>
     {
         type Value = ();
@@ -268,9 +344,7 @@ pub mod raw {
         }
     }
 
-    impl<'de, F: FnMut([Option<&'de RawValue>; M]), const M: usize> Visitor<'de>
-        for Objects<'_, '_, F, M>
-    {
+    impl<'de, F: FnMut([Option<Raw<'de>>; M]), const M: usize> Visitor<'de> for Objects<'_, '_, F, M> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
@@ -311,14 +385,14 @@ pub mod raw {
     struct PickAny<'k, const N: usize>([&'k str; N]);
 
     impl<'de, const N: usize> DeserializeSeed<'de> for PickAny<'_, N> {
-        type Value = Option<[Option<&'de RawValue>; N]>;
+        type Value = Option<[Option<Raw<'de>>; N]>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_any(self)
         }
     }
 
     impl<'de, const N: usize> Visitor<'de> for PickAny<'_, N> {
-        type Value = Option<[Option<&'de RawValue>; N]>;
+        type Value = Option<[Option<Raw<'de>>; N]>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
         }
@@ -326,7 +400,7 @@ pub mod raw {
             let mut out = [None; N];
             while let Some(Key(k)) = map.next_key()? {
                 match self.0.iter().position(|want| *want == k) {
-                    Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                    Some(i) => out[i] = Some(map.next_value::<Raw<'de>>()?),
                     None => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -360,10 +434,7 @@ pub mod raw {
 
     /// Read the values of `keys` from a raw JSON object in one shallow pass (the last
     /// occurrence of a key wins). Not an object, or invalid JSON: all `None`.
-    pub fn pick<'a, const N: usize>(
-        obj: &'a RawValue,
-        keys: [&str; N],
-    ) -> [Option<&'a RawValue>; N] {
+    pub fn pick<'a, const N: usize>(obj: Raw<'a>, keys: [&str; N]) -> [Option<Raw<'a>>; N] {
         if !is_object(obj) {
             return [None; N];
         }
@@ -376,17 +447,17 @@ pub mod raw {
     }
 
     /// Every `(key, value)` of a raw JSON object, in document order (duplicates included).
-    pub fn entries(obj: &RawValue) -> Vec<(Cow<'_, str>, &RawValue)> {
+    pub fn entries(obj: Raw<'_>) -> Vec<(Cow<'_, str>, Raw<'_>)> {
         struct All;
         impl<'de> Visitor<'de> for All {
-            type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+            type Value = Vec<(Cow<'de, str>, Raw<'de>)>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some(Key(k)) = map.next_key()? {
-                    out.push((k, map.next_value::<&'de RawValue>()?));
+                    out.push((k, map.next_value::<Raw<'de>>()?));
                 }
                 Ok(out)
             }
@@ -406,22 +477,22 @@ pub mod raw {
     /// beyond `f64`, which the event parse accepts as text): the caller undoes what `f` did
     /// and uses [`pick`] and [`each_object`].
     pub fn try_pick_each<'a, const N: usize, const M: usize>(
-        obj: &'a RawValue,
+        obj: Raw<'a>,
         keys: [&str; N],
         array_key: &str,
         elem_keys: [&str; M],
-        mut f: impl FnMut(Option<[Option<&'a RawValue>; M]>),
-    ) -> Option<[Option<&'a RawValue>; N]> {
+        mut f: impl FnMut(Option<[Option<Raw<'a>>; M]>),
+    ) -> Option<[Option<Raw<'a>>; N]> {
         struct Outer<'k, 'f, F, const N: usize, const M: usize> {
             keys: [&'k str; N],
             array_key: &'k str,
             elem_keys: [&'k str; M],
             f: &'f mut F,
         }
-        impl<'de, F: FnMut(Option<[Option<&'de RawValue>; M]>), const N: usize, const M: usize>
+        impl<'de, F: FnMut(Option<[Option<Raw<'de>>; M]>), const N: usize, const M: usize>
             Visitor<'de> for Outer<'_, '_, F, N, M>
         {
-            type Value = [Option<&'de RawValue>; N];
+            type Value = [Option<Raw<'de>>; N];
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object")
             }
@@ -435,7 +506,7 @@ pub mod raw {
                         continue;
                     }
                     match self.keys.iter().position(|want| *want == k) {
-                        Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                        Some(i) => out[i] = Some(map.next_value::<Raw<'de>>()?),
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -461,14 +532,12 @@ pub mod raw {
     /// [`pick`] reads them; other elements are passed over. No element list is built.
     /// Not an array: no call.
     pub fn each_object<'a, const N: usize>(
-        arr: &'a RawValue,
+        arr: Raw<'a>,
         keys: [&str; N],
-        mut f: impl FnMut([Option<&'a RawValue>; N]),
+        mut f: impl FnMut([Option<Raw<'a>>; N]),
     ) {
         struct Elems<'k, 'f, F, const N: usize>(&'f mut F, [&'k str; N]);
-        impl<'de, F: FnMut([Option<&'de RawValue>; N]), const N: usize> Visitor<'de>
-            for Elems<'_, '_, F, N>
-        {
+        impl<'de, F: FnMut([Option<Raw<'de>>; N]), const N: usize> Visitor<'de> for Elems<'_, '_, F, N> {
             type Value = ();
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array")
@@ -477,7 +546,7 @@ pub mod raw {
                 // Each element as a raw slice first: reading a non-object element as a value
                 // would parse its numbers, and one out of `f64` range (`1e400`) would end the
                 // walk early.
-                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                while let Some(v) = seq.next_element::<Raw<'de>>()? {
                     if is_object(v) {
                         (self.0)(pick(v, self.1));
                     }
@@ -494,16 +563,16 @@ pub mod raw {
     }
 
     /// The elements of a raw JSON array; anything else gives none.
-    pub fn elements(arr: &RawValue) -> Vec<&RawValue> {
+    pub fn elements(arr: Raw<'_>) -> Vec<Raw<'_>> {
         struct Elems;
         impl<'de> Visitor<'de> for Elems {
-            type Value = Vec<&'de RawValue>;
+            type Value = Vec<Raw<'de>>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                while let Some(v) = seq.next_element::<Raw<'de>>()? {
                     out.push(v);
                 }
                 Ok(out)
@@ -516,23 +585,111 @@ pub mod raw {
         de.deserialize_seq(Elems).unwrap_or_default()
     }
 
+    /// Where `part`, a slice of `text`, starts in it.
+    pub(crate) fn offset(text: &str, part: &str) -> Option<usize> {
+        let at = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        (at + part.len() <= text.len()).then_some(at)
+    }
+
+    fn is_ws(b: u8) -> bool {
+        matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+    }
+
+    /// Where the value of an object member starts, from its key (a slice of `text` without
+    /// escapes, as the parser read it): past the closing quote, the colon and whitespace.
+    pub(crate) fn value_start(text: &str, key: &str) -> Option<usize> {
+        let b = text.as_bytes();
+        let mut i = offset(text, key)? + key.len();
+        (b.get(i) == Some(&b'"')).then_some(())?;
+        i += 1;
+        while b.get(i).copied().is_some_and(is_ws) {
+            i += 1;
+        }
+        (b.get(i) == Some(&b':')).then_some(())?;
+        i += 1;
+        while b.get(i).copied().is_some_and(is_ws) {
+            i += 1;
+        }
+        (i < b.len()).then_some(i)
+    }
+
+    /// The end (one past the `}`) of an object value that precedes `before` in valid JSON
+    /// text: going back over whitespace, one `,` (another member follows: `before` is that
+    /// key's opening quote) or `}` (the value closed its parent, `before` is the text's end),
+    /// whitespace again, then the value's own `}`.
+    pub(crate) fn closing_before(text: &str, before: usize, follows_key: bool) -> Option<usize> {
+        let b = text.as_bytes();
+        let mut i = before;
+        let mut back = |want: u8| -> Option<()> {
+            while i > 0 && is_ws(b[i - 1]) {
+                i -= 1;
+            }
+            (i > 0 && b[i - 1] == want).then(|| i -= 1)
+        };
+        if follows_key {
+            (b.get(before) == Some(&b'"')).then_some(())?;
+            back(b',')?;
+        } else {
+            back(b'}')?;
+        }
+        back(b'}')?;
+        Some(i + 1)
+    }
+
+    /// Reads an order's `properties` object member by member into [`Order`](super::Order):
+    /// the [`ORDER_KEYS`](super::ORDER_KEYS) values as slices, `products` elements picked as
+    /// [`each_object`] does; everything else passed over. The last occurrence of a key wins.
+    pub(crate) struct OrderSeed;
+
+    impl<'de> DeserializeSeed<'de> for OrderSeed {
+        type Value = super::Order<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for OrderSeed {
+        type Value = super::Order<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut o = super::Order::default();
+            while let Some(Key(k)) = map.next_key()? {
+                if k == "products" {
+                    o.products.clear();
+                    let mut each = |v| o.products.push(v);
+                    map.next_value_seed(Objects(&mut each, super::PRODUCT_KEYS))?;
+                    continue;
+                }
+                match super::ORDER_KEYS.iter().position(|want| *want == k) {
+                    Some(i) => o.values[i] = Some(map.next_value::<Raw<'de>>()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(o)
+        }
+    }
+
     /// Whether a raw value is a JSON object.
-    pub fn is_object(v: &RawValue) -> bool {
+    pub fn is_object(v: Raw<'_>) -> bool {
         v.get().starts_with('{')
     }
 
     /// Whether a raw value is JSON `null`.
-    pub fn is_null(v: &RawValue) -> bool {
+    pub fn is_null(v: Raw<'_>) -> bool {
         v.get() == "null"
     }
 
     /// `v` unless it is `null`.
-    pub fn present(v: Option<&RawValue>) -> Option<&RawValue> {
-        v.filter(|v| !is_null(v))
+    pub fn present(v: Option<Raw<'_>>) -> Option<Raw<'_>> {
+        v.filter(|v| !is_null(*v))
     }
 
     /// A raw JSON string's value (unescaped only when it has escapes); `None` for other types.
-    pub fn as_str(v: &RawValue) -> Option<Cow<'_, str>> {
+    pub fn as_str(v: Raw<'_>) -> Option<Cow<'_, str>> {
         let t = v.get();
         let inner = t.strip_prefix('"')?.strip_suffix('"')?;
         if !inner.contains('\\') {
@@ -544,7 +701,7 @@ pub mod raw {
     /// A value as destinations put it in text: strings unescaped, numbers and booleans as
     /// their JSON text (exactly as sent), arrays and objects as their JSON text with the
     /// whitespace outside strings removed; `None` for null.
-    pub fn text(v: &RawValue) -> Option<Cow<'_, str>> {
+    pub fn text(v: Raw<'_>) -> Option<Cow<'_, str>> {
         let t = v.get();
         match t.as_bytes().first() {
             None | Some(b'n') => None,
@@ -580,22 +737,42 @@ pub mod raw {
         Cow::Owned(out)
     }
 
+    /// What one pass over a record's bytes tells: whether they are all ASCII (so valid UTF-8
+    /// with no further check) and how many `{` and `[` bytes they hold (an upper bound of the
+    /// nesting depth).
+    pub(crate) struct Scan {
+        pub ascii: bool,
+        pub openers: usize,
+    }
+
+    /// One pass for [`Scan`]. It is the record's first touch, so it costs about what reading
+    /// the bytes from memory costs; counting `u8`s per 255-byte chunk lets the compiler use wide
+    /// vector compares. `[` is 0x5B and `{` 0x7B: `b | 0x20 == b'{'` matches exactly those two.
+    pub(crate) fn scan(bytes: &[u8]) -> Scan {
+        let (mut openers, mut high) = (0usize, 0u8);
+        for chunk in bytes.chunks(255) {
+            let (mut n, mut h) = (0u8, 0u8);
+            for &b in chunk {
+                n = n.wrapping_add(u8::from(b | 0x20 == b'{'));
+                h |= b;
+            }
+            openers += usize::from(n);
+            high |= h;
+        }
+        Scan {
+            ascii: high < 0x80,
+            openers,
+        }
+    }
+
     /// Nesting depth of objects and arrays in JSON text, strings skipped. A cheap upper bound
     /// (the number of `{` and `[` bytes) answers first, so ordinary events are not walked.
     pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
-        // `[` is 0x5B and `{` 0x7B: `b | 0x20 == b'{'` matches exactly those two. Counting
-        // into a `u8` per 255-byte chunk lets the compiler use wide vector compares.
-        let mut openers = 0usize;
-        for chunk in bytes.chunks(255) {
-            let n: u8 = chunk
-                .iter()
-                .map(|&b| u8::from(b | 0x20 == b'{'))
-                .fold(0u8, u8::wrapping_add);
-            openers += usize::from(n);
-        }
-        if openers <= max {
-            return false;
-        }
+        scan(bytes).openers > max && nesting_exceeds(bytes, max)
+    }
+
+    /// The exact walk behind [`depth_exceeds`].
+    pub(crate) fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
         let (mut depth, mut in_str, mut esc) = (0usize, false, false);
         for &b in bytes {
             if in_str {
@@ -628,8 +805,8 @@ pub mod raw {
     #[derive(Default)]
     pub(crate) struct Context<'a> {
         pub not_object: bool,
-        pub traits: Option<&'a RawValue>,
-        pub page: Option<&'a RawValue>,
+        pub traits: Option<Raw<'a>>,
+        pub page: Option<Raw<'a>>,
     }
 
     /// Reads `context` without a tree.
@@ -662,15 +839,15 @@ pub mod raw {
             let mut c = Context::default();
             while let Some(Key(k)) = map.next_key()? {
                 match &*k {
-                    "traits" => c.traits = Some(map.next_value::<&'de RawValue>()?),
-                    "page" => c.page = Some(map.next_value::<&'de RawValue>()?),
+                    "traits" => c.traits = Some(map.next_value::<Raw<'de>>()?),
+                    "page" => c.page = Some(map.next_value::<Raw<'de>>()?),
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
             }
-            c.traits = c.traits.filter(|v| is_object(v));
-            c.page = c.page.filter(|v| is_object(v));
+            c.traits = c.traits.filter(|v| is_object(*v));
+            c.page = c.page.filter(|v| is_object(*v));
             Ok(c)
         }
         fn visit_unit<E: de::Error>(self) -> Result<Context<'de>, E> {
@@ -701,23 +878,41 @@ pub mod raw {
 /// The top-level fields the destinations read, as raw slices, from one pass.
 #[derive(Default)]
 struct Fields<'a> {
-    kind: Option<&'a RawValue>,
-    message_id: Option<&'a RawValue>,
-    user_id: Option<&'a RawValue>,
-    anonymous_id: Option<&'a RawValue>,
-    previous_id: Option<&'a RawValue>,
-    event: Option<&'a RawValue>,
-    name: Option<&'a RawValue>,
-    times: [Option<&'a RawValue>; 4],
-    properties: Option<&'a RawValue>,
-    traits: Option<&'a RawValue>,
-    integrations: Option<&'a RawValue>,
+    kind: Option<Raw<'a>>,
+    message_id: Option<Raw<'a>>,
+    user_id: Option<Raw<'a>>,
+    anonymous_id: Option<Raw<'a>>,
+    previous_id: Option<Raw<'a>>,
+    event: Option<Raw<'a>>,
+    name: Option<Raw<'a>>,
+    times: [Option<Raw<'a>>; 4],
+    properties: Option<Raw<'a>>,
+    /// Set when `properties` was read member by member: where its `{` is, what was read, and
+    /// where the next top-level key starts (its end is found from there).
+    props: Option<(usize, Box<Order<'a>>, After)>,
+    traits: Option<Raw<'a>>,
+    integrations: Option<Raw<'a>>,
     context: Option<raw::Context<'a>>,
 }
 
-struct FieldsVisitor;
+/// What follows an object read member by member, to find its closing brace.
+#[derive(Clone, Copy)]
+enum After {
+    /// Nothing read yet.
+    Pending,
+    /// The next key's text starts at this offset (it had no escapes).
+    KeyAt(usize),
+    /// A key with escapes: its position is not known.
+    Unknown,
+}
 
-impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+/// Reads the top-level fields; with `text` (the whole record), `properties` member by member
+/// too ([`Props`]).
+struct FieldsVisitor<'t> {
+    text: Option<&'t str>,
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'de> {
     type Value = Fields<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -725,6 +920,14 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         let mut f = Fields::default();
         while let Some(raw::Key(k)) = map.next_key()? {
+            if let Some((_, _, after @ After::Pending)) = &mut f.props {
+                *after = match (&k, self.text) {
+                    (Cow::Borrowed(k), Some(text)) => {
+                        raw::offset(text, k).map_or(After::Unknown, After::KeyAt)
+                    }
+                    _ => After::Unknown,
+                };
+            }
             let slot = match &*k {
                 "type" => &mut f.kind,
                 "messageId" => &mut f.message_id,
@@ -737,7 +940,29 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
                 "originalTimestamp" => &mut f.times[1],
                 "sentAt" => &mut f.times[2],
                 "receivedAt" => &mut f.times[3],
-                "properties" => &mut f.properties,
+                "properties" => {
+                    // An object whose key has no escapes is read member by member; its slice
+                    // is cut once the next key (or the end) shows where it closes.
+                    let order = f
+                        .event
+                        .and_then(raw::as_str)
+                        .and_then(|e| Ecommerce::from_name(&e))
+                        == Some(Ecommerce::OrderCompleted);
+                    let start = match (&k, self.text) {
+                        (Cow::Borrowed(k), Some(text)) if order => raw::value_start(text, k),
+                        _ => None,
+                    };
+                    if let (Some(start), Some(text)) = (start, self.text) {
+                        if text.as_bytes()[start] == b'{' {
+                            let order = map.next_value_seed(raw::OrderSeed)?;
+                            f.properties = None;
+                            f.props = Some((start, Box::new(order), After::Pending));
+                            continue;
+                        }
+                    }
+                    f.props = None;
+                    &mut f.properties
+                }
                 "traits" => &mut f.traits,
                 "integrations" => &mut f.integrations,
                 "context" => {
@@ -749,7 +974,7 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
                     continue;
                 }
             };
-            *slot = Some(map.next_value::<&'de RawValue>()?);
+            *slot = Some(map.next_value::<Raw<'de>>()?);
         }
         Ok(f)
     }
@@ -757,7 +982,7 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
 
 /// An id field (`userId`, `anonymousId`, `previousId`): a string, or a number used as its JSON
 /// text; `None` when absent, null or blank.
-fn id_field<'a>(v: Option<&'a RawValue>, key: &str) -> Result<Option<Cow<'a, str>>, InvalidEvent> {
+fn id_field<'a>(v: Option<Raw<'a>>, key: &str) -> Result<Option<Cow<'a, str>>, InvalidEvent> {
     let Some(v) = raw::present(v) else {
         return Ok(None);
     };
@@ -885,31 +1110,39 @@ impl<'a> Event<'a> {
                 ),
             ));
         }
-        // Too deep wins over every other verdict. It is checked after the parse (which has no
-        // recursion: nested values are skipped iteratively), when the bytes are in the
-        // cache: checked first, this walk was the first touch of the record and cost a fifth
-        // of the mapping.
+        // Too deep wins over every other verdict. One pass first reads whether the record is
+        // ASCII and bounds its depth (the first touch of the record: it costs what reading it
+        // does); the exact walk, only for a record with more than MAX_DEPTH `{`/`[`, runs
+        // after the parse (which has no recursion: nested values are skipped iteratively).
         let too_deep = || {
             InvalidEvent::new(
                 "too_deep",
                 format!("objects and arrays are nested deeper than {MAX_DEPTH} levels"),
             )
         };
-        let fields = match Self::parse_fields(bytes) {
+        let scan = raw::scan(bytes);
+        let deep = || scan.openers > MAX_DEPTH && raw::nesting_exceeds(bytes, MAX_DEPTH);
+        let text = if scan.ascii {
+            // SAFETY: every byte is below 0x80 (the scan above), and ASCII is valid UTF-8.
+            Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+        } else {
+            std::str::from_utf8(bytes).map_err(|e| {
+                InvalidEvent::new("invalid_json", format!("not JSON: not UTF-8 ({e})"))
+            })
+        };
+        let fields = match text.and_then(Self::parse_fields) {
             Ok(f) => f,
-            Err(_) if raw::depth_exceeds(bytes, MAX_DEPTH) => return Err(too_deep()),
+            Err(_) if deep() => return Err(too_deep()),
             Err(e) => return Err(e),
         };
-        if raw::depth_exceeds(bytes, MAX_DEPTH) {
+        if deep() {
             return Err(too_deep());
         }
         Self::validate(fields, bytes)
     }
 
     /// The one serde_json pass: the top-level fields as raw slices.
-    fn parse_fields(bytes: &'a [u8]) -> Result<Fields<'a>, InvalidEvent> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| InvalidEvent::new("invalid_json", format!("not JSON: not UTF-8 ({e})")))?;
+    fn parse_fields(text: &'a str) -> Result<Fields<'a>, InvalidEvent> {
         let not_json =
             |e: serde_json::Error| InvalidEvent::new("invalid_json", format!("not JSON: {e}"));
         let first = text
@@ -923,9 +1156,30 @@ impl<'a> Event<'a> {
                 "an event must be a JSON object",
             ));
         }
+        // First with `properties` read member by member; anything that pass cannot place
+        // exactly (an error, a key with escapes next to it) is read again the plain way, so
+        // verdicts and error messages are the plain pass's.
+        let indexed = (|| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let visitor = FieldsVisitor { text: Some(text) };
+            let mut f = serde::Deserializer::deserialize_map(&mut de, visitor).ok()?;
+            de.end().ok()?;
+            if let Some((start, _, after)) = &f.props {
+                let end = match after {
+                    After::Pending => raw::closing_before(text, text.len(), false),
+                    After::KeyAt(key) => raw::closing_before(text, key.checked_sub(1)?, true),
+                    After::Unknown => None,
+                }?;
+                f.properties = Some(Raw::trusted(text.get(*start..end)?));
+            }
+            Some(f)
+        })();
+        if let Some(f) = indexed {
+            return Ok(f);
+        }
         let mut de = serde_json::Deserializer::from_str(text);
-        let fields =
-            serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).map_err(not_json)?;
+        let fields = serde::Deserializer::deserialize_map(&mut de, FieldsVisitor { text: None })
+            .map_err(not_json)?;
         de.end().map_err(not_json)?;
         Ok(fields)
     }
@@ -955,7 +1209,7 @@ impl<'a> Event<'a> {
             ));
         }
         let context = f.context.unwrap_or_default();
-        let object = |key: &str, v: Option<&'a RawValue>, not_object: bool| match raw::present(v) {
+        let object = |key: &str, v: Option<Raw<'a>>, not_object: bool| match raw::present(v) {
             _ if not_object => Err(InvalidEvent::new(
                 "invalid_field",
                 format!("`{key}` must be an object"),
@@ -1052,7 +1306,15 @@ impl<'a> Event<'a> {
             context_page: context.page,
             integrations,
             email,
+            order: f.props.map(|(_, order, _)| order),
         })
+    }
+
+    /// An `Order Completed` track's `properties` as the event pass read them; `None` when it
+    /// kept only the slice (another call, or an order whose `event` came after `properties`
+    /// or next to a key with escapes): then read [`Event::properties`] with [`raw::pick`].
+    pub fn order(&self) -> Option<&Order<'a>> {
+        self.order.as_deref()
     }
 
     /// The Kafka key for records of this event: `userId`, else `anonymousId`.
@@ -1117,7 +1379,7 @@ impl<'a> Event<'a> {
 }
 
 /// `email` in a traits object: a non-blank string.
-fn email_in(traits: Option<&RawValue>) -> Option<Cow<'_, str>> {
+fn email_in(traits: Option<Raw<'_>>) -> Option<Cow<'_, str>> {
     let [email] = raw::pick(traits?, ["email"]);
     raw::as_str(email?).filter(|s| !s.trim().is_empty())
 }
@@ -1239,5 +1501,54 @@ mod tests {
     fn numeric_user_ids_are_strings() {
         let e = Event::parse(br#"{"type":"page","userId":42}"#).unwrap();
         assert_eq!(e.user_key(), "42");
+    }
+
+    #[test]
+    fn an_orders_properties_are_read_once_and_cut_exactly() {
+        let head = r#"{"type":"track","userId":"u","event":"Order Completed","properties""#;
+        for (rest, props, read) in [
+            // the next key shows the end; then the event's end does
+            (
+                r#":{ "orderId" : "o1" } , "x":1}"#,
+                r#"{ "orderId" : "o1" }"#,
+                true,
+            ),
+            (
+                ":{\n\"orderId\":\"o1\"\n}\n}\n",
+                "{\n\"orderId\":\"o1\"\n}",
+                true,
+            ),
+            (r#":{ }}"#, "{ }", true),
+            // a key with escapes next to it: the slice is kept and read by the mapper
+            (
+                r#":{"orderId":"o1"},"\u0078":1}"#,
+                r#"{"orderId":"o1"}"#,
+                false,
+            ),
+            // not an object: kept as is (and refused by validation below)
+            (r#":[1],"x":1}"#, "", false),
+        ] {
+            let text = format!("{head}{rest}");
+            match Event::parse(text.as_bytes()) {
+                Ok(e) => {
+                    assert_eq!(e.properties.map(Raw::get), Some(props), "{text}");
+                    assert_eq!(e.order().is_some(), read, "{text}");
+                }
+                Err(err) => assert_eq!((err.reason, props), ("invalid_field", ""), "{text}"),
+            }
+        }
+        // The last `properties` wins, whichever way each was read.
+        let e = Event::parse(
+            br#"{"type":"track","userId":"u","event":"Order Completed","properties":{"orderId":"a"},"properties":{"orderId":"b","products":[{"sku":"s"},7]}}"#,
+        )
+        .unwrap();
+        let order = e.order().unwrap();
+        assert_eq!(order.pick(["orderId"])[0].map(Raw::get), Some(r#""b""#));
+        assert_eq!(order.products().len(), 1);
+        assert_eq!(order.products()[0][1].map(Raw::get), Some(r#""s""#));
+        assert_eq!(
+            e.properties.map(Raw::get),
+            Some(r#"{"orderId":"b","products":[{"sku":"s"},7]}"#)
+        );
     }
 }

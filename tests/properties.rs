@@ -143,3 +143,75 @@ proptest! {
         prop_assert_eq!(pairs, want);
     }
 }
+
+/// An `Order Completed` `properties` object: order fields and products with arbitrary values,
+/// products mixing objects and other values, and arbitrary extra members.
+fn order_properties() -> impl Strategy<Value = Value> {
+    let product = prop_oneof![
+        3 => prop::collection::btree_map(
+            prop::sample::select(vec!["brand", "sku", "price", "category", "quantity", "name", "title", "image_url"]),
+            any_json(),
+            0..6,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        1 => any_json(),
+    ];
+    (
+        prop::collection::btree_map(
+            prop::sample::select(vec![
+                "orderId", "order_id", "id", "total", "revenue", "email", "currency", "url",
+            ]),
+            any_json(),
+            0..6,
+        ),
+        prop::option::of(prop::collection::vec(product, 0..5)),
+    )
+        .prop_map(|(members, products)| {
+            let mut m: Map<String, Value> = members
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            if let Some(p) = products {
+                m.insert("products".into(), Value::Array(p));
+            }
+            Value::Object(m)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The event pass reads an order's `properties` member by member only when `event` comes
+    /// first and the next key has no escapes; every other layout keeps the slice and the
+    /// mapper reads it. Both ways give the same records, whitespace included.
+    #[test]
+    fn an_order_maps_the_same_whichever_way_it_is_read(
+        props in order_properties(),
+        pretty in any::<bool>(),
+        ws in prop::sample::select(vec!["", " ", "\n  ", "\t"]),
+    ) {
+        let props = if pretty { serde_json::to_string_pretty(&props).unwrap() } else { props.to_string() };
+        let head = r#""type":"track","userId":"u-1","messageId":"m-1","context":{"traits":{"email":"a@b.co"}}"#;
+        let name = r#""event":"Order Completed""#;
+        let layouts = [
+            // read member by member: the next key, the end of the event
+            format!("{{{head},{name},{ws}\"properties\"{ws}:{ws}{props}{ws},{ws}\"x\":1}}"),
+            format!("{{{head},{name},\"properties\":{ws}{props}{ws}}}{ws}"),
+            // kept as a slice: `event` after `properties`, an escaped key next to it
+            format!("{{{head},\"properties\":{props},{name}}}"),
+            format!("{{{head},{name},\"properties\":{props},\"\\u0078\":1}}"),
+        ];
+        for (i, layout) in layouts.iter().enumerate() {
+            let event = eventrelay::event::Event::parse(layout.as_bytes()).unwrap();
+            prop_assert_eq!(event.order().is_some(), i < 2, "{}", layout);
+        }
+        let dests = dests();
+        let mapped: Vec<_> = layouts
+            .iter()
+            .map(|e| map_input(&dests, e.as_bytes(), None, 0).map(|(_, routed)| routed).map_err(|e| e.reason))
+            .collect();
+        for (layout, m) in layouts.iter().zip(&mapped).skip(1) {
+            prop_assert_eq!(&mapped[0], m, "{}", layout);
+        }
+    }
+}

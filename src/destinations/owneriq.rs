@@ -9,10 +9,9 @@ use super::{
     common_headers, deny_unknown, endpoint, required_str, wire, BuildError, ConfigError,
     Destination, HttpRequest, Method, Verdict,
 };
-use crate::event::{raw, Ecommerce, Event, EventType};
+use crate::event::{raw, Ecommerce, Event, EventType, Raw, ORDER_KEYS, PRODUCT_KEYS};
 use crate::record::{owner_iq_hit::Kind, record::Payload, Record};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Longest OwnerIQ URL sent. Common servers refuse a request line over 8 KB (nginx's
@@ -90,13 +89,56 @@ fn encoded_len(s: &[u8]) -> usize {
     s.iter().map(|&b| usize::from(WIDTH[usize::from(b)])).sum()
 }
 
-/// The product fields the `t` list takes.
-const PRODUCT_KEYS: [&str; 7] = [
-    "brand", "sku", "price", "category", "quantity", "name", "title",
-];
+/// The order fields and (into `pairs`) the products, read from the `properties` slice: one
+/// pass over it, products included (objects only, numbered from 1 in order; other elements
+/// passed over), or, when that pass meets a value it cannot read (a number beyond `f64`),
+/// a pick and a walk of `products`.
+fn read_order<'a>(event: &Event<'a>, pairs: &mut Pairs<'_>) -> [Option<Raw<'a>>; 6] {
+    let mark = (pairs.out.len(), pairs.url_len, pairs.count);
+    let mut n = 0;
+    let picked = event.properties.map_or(Some([None; 6]), |p| {
+        raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
+            Some(v) => {
+                n += 1;
+                pairs.product(n, v);
+            }
+            None => {
+                (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+                pairs.out.truncate(mark.0);
+            }
+        })
+    });
+    match picked {
+        Some(v) => v,
+        None => {
+            (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
+            pairs.out.truncate(mark.0);
+            let p = event.properties.map_or([None; 7], |p| {
+                raw::pick(
+                    p,
+                    [
+                        "orderId", "order_id", "id", "total", "revenue", "email", "products",
+                    ],
+                )
+            });
+            if let Some(products) = p[6] {
+                raw::each_object(products, PRODUCT_KEYS, |v| {
+                    n += 1;
+                    pairs.product(n, v);
+                });
+            }
+            [p[0], p[1], p[2], p[3], p[4], p[5]]
+        }
+    }
+}
 
-/// The order fields the `t` list takes from `properties` (besides `products`).
-const ORDER_KEYS: [&str; 6] = ["orderId", "order_id", "id", "total", "revenue", "email"];
+/// The first usable order id in the documented order: a null or blank string falls back to
+/// the next name.
+fn first_order_id(ids: [Option<Raw<'_>>; 3]) -> Option<Raw<'_>> {
+    ids.into_iter()
+        .flatten()
+        .find(|v| !raw::is_null(*v) && raw::as_str(*v).is_none_or(|s| !s.trim().is_empty()))
+}
 
 /// The `t` list being encoded into an `OwnerIqHit` (field 2, `repeated Pair`), with the
 /// length its URL form will have.
@@ -119,14 +161,14 @@ impl Pairs<'_> {
         self.count += 1;
     }
 
-    fn push(&mut self, key: &[u8], value: Option<&RawValue>) {
+    fn push(&mut self, key: &[u8], value: Option<Raw<'_>>) {
         if let Some(value) = value.and_then(raw::text) {
             self.add(key, &value);
         }
     }
 
     /// The pairs of the `n`-th product (values in [`PRODUCT_KEYS`] order).
-    fn product(&mut self, n: usize, values: [Option<&RawValue>; 7]) {
+    fn product(&mut self, n: usize, values: [Option<Raw<'_>>; 7]) {
         let [brand, sku, price, category, quantity, name, title] = values;
         self.push_nth("brand", n, raw::present(brand));
         self.push_nth("id", n, raw::present(sku));
@@ -137,7 +179,7 @@ impl Pairs<'_> {
     }
 
     /// `{name}_{n}` as a key.
-    fn push_nth(&mut self, name: &str, n: usize, value: Option<&RawValue>) {
+    fn push_nth(&mut self, name: &str, n: usize, value: Option<Raw<'_>>) {
         if value.is_some() {
             let mut key = [0u8; 40];
             let len = nth_key(&mut key, name, n);
@@ -168,11 +210,11 @@ fn nth_key(buf: &mut [u8; 40], name: &str, mut n: usize) -> usize {
 }
 
 /// The first of `values` that is present and not null.
-fn first<const N: usize>(values: [Option<&RawValue>; N]) -> Option<&RawValue> {
+fn first<const N: usize>(values: [Option<Raw<'_>>; N]) -> Option<Raw<'_>> {
     values.into_iter().find_map(raw::present)
 }
 
-fn match_keys(event: &Event<'_>, props_email: Option<&RawValue>, pairs: &mut Pairs<'_>) {
+fn match_keys(event: &Event<'_>, props_email: Option<Raw<'_>>, pairs: &mut Pairs<'_>) {
     match event.email() {
         Some(e) => pairs.add(b"email", e),
         None => pairs.push(b"email", raw::present(props_email)),
@@ -253,56 +295,21 @@ impl Destination for OwnerIq {
                 props_email = event.properties.and_then(|p| raw::pick(p, ["email"])[0]);
             }
         } else {
-            // One pass over `properties`, products included (objects only, numbered from 1 in
-            // order; other elements are passed over).
-            let mark = (pairs.out.len(), pairs.url_len, pairs.count);
-            let mut n = 0;
-            let picked = event.properties.map_or(Some([None; 6]), |p| {
-                raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
-                    Some(v) => {
-                        n += 1;
-                        pairs.product(n, v);
+            let [order_id, order_id2, id, total, revenue, email] = match event.order() {
+                Some(order) => {
+                    // The event pass read `properties` member by member: nothing to parse.
+                    for (n, product) in order.products().iter().enumerate() {
+                        pairs.product(n + 1, *product);
                     }
-                    None => {
-                        (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
-                        pairs.out.truncate(mark.0);
-                    }
-                })
-            });
-            let [order_id, order_id2, id, total, revenue, email] = match picked {
-                Some(v) => v,
-                None => {
-                    (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
-                    pairs.out.truncate(mark.0);
-                    let p = event.properties.map_or([None; 7], |p| {
-                        raw::pick(
-                            p,
-                            [
-                                "orderId", "order_id", "id", "total", "revenue", "email",
-                                "products",
-                            ],
-                        )
-                    });
-                    if let Some(products) = p[6] {
-                        raw::each_object(products, PRODUCT_KEYS, |v| {
-                            n += 1;
-                            pairs.product(n, v);
-                        });
-                    }
-                    [p[0], p[1], p[2], p[3], p[4], p[5]]
+                    order.pick(ORDER_KEYS)
                 }
+                None => read_order(event, &mut pairs),
             };
             props_email = email;
-            // The first usable id: a blank string falls back to the next name.
-            let order_id = [order_id, order_id2, id].into_iter().find(|v| {
-                v.is_some_and(|v| {
-                    !raw::is_null(v) && raw::as_str(v).is_none_or(|s| !s.trim().is_empty())
-                })
-            });
-            let Some(order_id) = order_id else {
+            let Some(order_id) = first_order_id([order_id, order_id2, id]) else {
                 return Verdict::Reject("missing_order_id");
             };
-            pairs.push(b"order_id", order_id);
+            pairs.push(b"order_id", Some(order_id));
             match first([total, revenue]) {
                 Some(total) => pairs.push(b"total_cost_notax", Some(total)),
                 None => pairs.add(b"total_cost_notax", "0"),

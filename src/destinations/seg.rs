@@ -10,9 +10,8 @@ use super::{
     common_headers, deny_unknown, endpoint, required_str, wire, AnswerClass, BuildError,
     ConfigError, Destination, HttpRequest, Method, Verdict,
 };
-use crate::event::{raw, Ecommerce, Event, EventType};
+use crate::event::{raw, Ecommerce, Event, EventType, Raw};
 use crate::record::{record::Payload, Record};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Default Seg tracker host.
@@ -101,7 +100,7 @@ impl<'o> Writer<'o> {
         }
     }
 
-    fn raw(&mut self, key: &str, value: Option<&RawValue>) {
+    fn raw(&mut self, key: &str, value: Option<Raw<'_>>) {
         if let Some(v) = value {
             self.key(key);
             self.out.extend_from_slice(v.get().as_bytes());
@@ -149,15 +148,10 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-const EMPTY_OBJECT: &str = "{}";
+const EMPTY_OBJECT: Raw<'static> = Raw::trusted("{}");
 
-fn empty_object() -> &'static RawValue {
-    // A constant valid JSON text: `from_string` cannot fail on it, but stay total anyway.
-    static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
-        RawValue::from_string(EMPTY_OBJECT.to_string())
-            .unwrap_or_else(|_| RawValue::NULL.to_owned())
-    });
-    &EMPTY
+fn empty_object() -> Raw<'static> {
+    EMPTY_OBJECT
 }
 
 impl Destination for Seg {
@@ -177,7 +171,7 @@ impl Destination for Seg {
             EventType::Identify if email.is_none() => return Verdict::Skip("missing_email"),
             _ => {}
         }
-        let raw_len = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
+        let raw_len = |v: Option<Raw<'_>>| v.map_or(0, |v| v.get().len());
         let str_len = |v: Option<&str>| v.map_or(0, str::len);
         // About the body's length (its size class is what matters: the length prefixes are
         // written before the body, and a wrong guess costs a copy of it).
@@ -202,7 +196,7 @@ impl Destination for Seg {
         w.str("userId", event.user_id.as_deref());
         w.str("anonymousId", event.anonymous_id.as_deref());
         w.str("email", email);
-        let props: Option<&RawValue> = Some(match event.properties {
+        let props: Option<Raw<'_>> = Some(match event.properties {
             Some(p) => p,
             None => empty_object(),
         });

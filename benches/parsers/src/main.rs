@@ -66,6 +66,70 @@ macro_rules! model {
 model!(sj, &'a serde_json::value::RawValue);
 model!(sonic, sonic_rs::LazyValue<'a>);
 
+/// jiter: walk the top-level object, read the text fields, keep the rest as raw slices (byte
+/// ranges around `next_skip`), after one UTF-8 check of the whole record (jiter's skip does
+/// not check UTF-8; the event model checks the record once up front).
+fn jiter_model(e: &[u8]) -> Option<usize> {
+    use jiter::{Jiter, Peek};
+    std::str::from_utf8(e).ok()?;
+    let mut j = Jiter::new(e);
+    let mut n = 0usize;
+    let raw = |j: &mut Jiter<'_>| -> Option<usize> {
+        let start = j.current_index();
+        j.next_skip().ok()?;
+        Some(j.slice_to_current(start).len())
+    };
+    let mut key = j.next_object().ok()?.map(str::to_owned);
+    while let Some(k) = key.as_deref() {
+        match k {
+            "type" | "messageId" | "event" | "timestamp" => n += j.next_str().ok()?.len(),
+            "userId" | "anonymousId" | "properties" | "traits" | "integrations" => n += raw(&mut j)?,
+            "context" => {
+                if j.peek().ok()? == Peek::Object {
+                    let mut ck = j.next_object().ok()?.map(str::to_owned);
+                    while let Some(c) = ck.as_deref() {
+                        match c {
+                            "traits" | "page" => n += raw(&mut j)?,
+                            _ => j.next_skip().ok()?,
+                        }
+                        ck = j.next_key().ok()?.map(str::to_owned);
+                    }
+                } else {
+                    j.next_skip().ok()?;
+                }
+            }
+            _ => j.next_skip().ok()?,
+        }
+        key = j.next_key().ok()?.map(str::to_owned);
+    }
+    j.finish().ok()?;
+    Some(n)
+}
+
+/// sonic-rs: the lazy object iterator (validating), raw slices of the values kept.
+fn sonic_iter_model(e: &[u8]) -> Option<usize> {
+    use sonic_rs::JsonValueTrait;
+    let text = std::str::from_utf8(e).ok()?;
+    let mut n = 0usize;
+    for kv in sonic_rs::to_object_iter(text) {
+        let (k, v) = kv.ok()?;
+        match &*k {
+            "type" | "messageId" | "event" | "timestamp" => n += v.as_str()?.len(),
+            "userId" | "anonymousId" | "properties" | "traits" | "integrations" => n += v.as_raw_str().len(),
+            "context" => {
+                for ckv in sonic_rs::to_object_iter(v.as_raw_str()) {
+                    let (c, cv) = ckv.ok()?;
+                    if &*c == "traits" || &*c == "page" {
+                        n += cv.as_raw_str().len();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(n)
+}
+
 fn time(name: &str, corpus: &[Vec<u8>], base: Option<f64>, mut f: impl FnMut(&[u8]) -> usize) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..7 {
@@ -105,6 +169,12 @@ fn main() {
     });
     time("sonic-rs → borrowed struct + `LazyValue`", &corpus, Some(base), |e| {
         sonic_rs::from_slice::<sonic::Ev<'_>>(e).map_or(0, |v| sonic::touch(&v))
+    });
+    time("jiter → top-level walk, raw slices by index (UTF-8 checked once)", &corpus, Some(base), |e| {
+        jiter_model(e).unwrap_or(0)
+    });
+    time("sonic-rs → lazy object iterator, raw slices (UTF-8 checked once)", &corpus, Some(base), |e| {
+        sonic_iter_model(e).unwrap_or(0)
     });
     let mut buf = Vec::new();
     time("simd-json → `BorrowedValue` (copy into a reused buffer first)", &corpus, Some(base), |e| {
