@@ -77,8 +77,8 @@ pub struct HttpRequest {
     pub url: String,
     /// Header name/value pairs.
     pub headers: Vec<(&'static str, String)>,
-    /// Body bytes (JSON), if any.
-    pub body: Option<Vec<u8>>,
+    /// Body bytes (JSON), if any: shared with the record it came from, not copied.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// How a destination answered, as far as retries are concerned.

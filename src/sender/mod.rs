@@ -145,7 +145,7 @@ struct Item {
     /// Read from the retry topic: its retry headers (attempts, first attempt) count.
     retried: bool,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    payload: bytes::Bytes,
     headers: Option<OwnedHeaders>,
 }
 
@@ -456,7 +456,8 @@ impl Lane {
         &self,
         item: &Item,
     ) -> Result<(Record, HttpRequest, Option<bytes::Bytes>), (&'static str, String)> {
-        let record = Record::decode(item.payload.as_slice()).map_err(|e| {
+        // From the payload's `Bytes`, so the Seg body is a slice of it, not a copy.
+        let record = Record::decode(item.payload.clone()).map_err(|e| {
             (
                 "undecodable_record",
                 format!("not an eventrelay record: {e}"),
@@ -466,7 +467,7 @@ impl Lane {
             .dest
             .build_request(&record)
             .map_err(|e| (e.reason, e.message))?;
-        let body = req.body.take().map(bytes::Bytes::from);
+        let body = req.body.take();
         Ok((record, req, body))
     }
 
@@ -680,7 +681,7 @@ impl Lane {
 
     async fn produce(&self, topic: &str, item: &Item, headers: OwnedHeaders) -> bool {
         let mut rec = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(item.payload.as_slice())
+            .payload(&item.payload[..])
             .headers(headers);
         if let Some(k) = &item.key {
             rec = rec.key(k.as_slice());
@@ -970,7 +971,10 @@ impl Intake for SendIntake {
             progress: self.progress.clone(),
             retried: self.tier.is_some(),
             key: msg.key().map(<[u8]>::to_vec),
-            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: msg
+                .payload()
+                .map(bytes::Bytes::copy_from_slice)
+                .unwrap_or_default(),
             headers: msg.headers().map(|h| h.detach()),
         }
     }

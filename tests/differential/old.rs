@@ -792,7 +792,9 @@ pub mod destinations {
                 }
             }
             match serde_json::to_vec(&body) {
-                Ok(bytes) => MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: bytes })]),
+                Ok(bytes) => {
+                    MapOutcome::Deliver(vec![Payload::Seg(SegEvent { body: bytes.into() })])
+                }
                 // Serialising borrowed JSON values cannot fail; keep the arm total anyway.
                 Err(_) => MapOutcome::Reject("unserializable"),
             }
@@ -808,7 +810,7 @@ pub mod destinations {
                 method: "POST",
                 url: format!("{}/v1/{}/events", self.endpoint, self.website_id),
                 headers,
-                body: Some(ev.body.clone()),
+                body: Some(ev.body.to_vec()),
             })
         }
     }
