@@ -24,7 +24,7 @@ use std::fmt;
 /// and a destination can embed it as is.
 ///
 /// Not `serde_json`'s `&RawValue` because the event pass also cuts slices out of the record
-/// itself (an object whose members it has read, see [`Props`]), and serde_json makes a
+/// itself (an object whose members it has read, see [`Order`]), and serde_json makes a
 /// `&RawValue` only by parsing the text again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Raw<'a>(&'a str);
@@ -227,7 +227,7 @@ pub struct Event<'a> {
 pub const ORDER_KEYS: [&str; 6] = ["orderId", "order_id", "id", "total", "revenue", "email"];
 
 /// The fields of a `properties.products` element (Segment's e-commerce spec) destinations
-/// read, in the order [`Order::each_product`] gives them.
+/// read, in the order [`Order::products`] gives them.
 pub const PRODUCT_KEYS: [&str; 7] = [
     "brand", "sku", "price", "category", "quantity", "name", "title",
 ];
@@ -906,8 +906,8 @@ enum After {
     Unknown,
 }
 
-/// Reads the top-level fields; with `text` (the whole record), `properties` member by member
-/// too ([`Props`]).
+/// Reads the top-level fields; with `text` (the whole record), an order's `properties` member
+/// by member too ([`Order`]).
 struct FieldsVisitor<'t> {
     text: Option<&'t str>,
 }
