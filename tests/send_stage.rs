@@ -15,6 +15,15 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The mock cluster, a fault-free stub and a config sending to it with `delivery` settings
+/// (TOML lines for every destination's section): the set-up most tests here start from.
+async fn rig(delivery: &str) -> (eventrelay::Embedded, Stub, Config) {
+    let kafka = cluster();
+    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
+    let cfg = config(kafka.bootstrap(), &stub.url(), "", delivery);
+    (kafka, stub, cfg)
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
@@ -75,9 +84,7 @@ fn example_lines() -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivered_requests_equal_what_map_prints_byte_for_byte() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(kafka.bootstrap(), &stub.url(), "", "");
+    let (kafka, stub, cfg) = rig("").await;
     let lines = example_lines();
     let want = expected_requests(&cfg, &lines);
     let running = Running::start(&cfg, Role::All).await.unwrap();
@@ -118,14 +125,7 @@ async fn wait_ready(running: &Running) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_500_window_is_retried_until_everything_is_delivered() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "backoff_min_ms = 50\nbackoff_max_ms = 500",
-    );
+    let (kafka, stub, cfg) = rig("backoff_min_ms = 50\nbackoff_max_ms = 500").await;
     let lines = events(400, 20);
     let want = expected_requests(&cfg, &lines).len();
     let running = Running::start(&cfg, Role::All).await.unwrap();
@@ -160,14 +160,7 @@ async fn a_500_window_is_retried_until_everything_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_on_429_is_honoured() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "backoff_min_ms = 50\nbackoff_max_ms = 200",
-    );
+    let (kafka, stub, cfg) = rig("backoff_min_ms = 50\nbackoff_max_ms = 200").await;
     let lines = vec![br#"{"type":"page","userId":"u1","messageId":"ra-1"}"#.to_vec()];
     // The first Seg request gets 429 with Retry-After: 2; backoff alone would retry in 50 ms.
     stub.inject(Fault {
@@ -200,9 +193,7 @@ async fn retry_after_on_429_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_400_lands_in_the_dlq_with_its_status() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(kafka.bootstrap(), &stub.url(), "", "");
+    let (kafka, stub, cfg) = rig("").await;
     stub.inject(Fault {
         status: Some(400),
         path_prefix: Some("/j/".into()),
@@ -250,14 +241,8 @@ async fn a_400_lands_in_the_dlq_with_its_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timeouts_are_retried() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "timeout_ms = 300\nbackoff_min_ms = 50\nbackoff_max_ms = 300",
-    );
+    let (kafka, stub, cfg) =
+        rig("timeout_ms = 300\nbackoff_min_ms = 50\nbackoff_max_ms = 300").await;
     let running = Running::start(&cfg, Role::All).await.unwrap();
     wait_ready(&running).await;
     stub.inject(Fault {
@@ -441,14 +426,7 @@ async fn circuit_gauge(running: &Running, dest: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_destination_down_opens_its_circuit_and_is_probed_not_hammered() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "backoff_min_ms = 100\nbackoff_max_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 500\nbreaker_open_max_ms = 1000\nbreaker_probe_interval_ms = 500",
-    );
+    let (kafka, stub, cfg) = rig("backoff_min_ms = 100\nbackoff_max_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 500\nbreaker_open_max_ms = 1000\nbreaker_probe_interval_ms = 500").await;
     let lines = events(2_000, 50);
     let want = expected_requests(&cfg, &lines);
     let want_seg = want.iter().filter(|r| r.1.contains("/v1/")).count();
@@ -505,9 +483,7 @@ async fn a_destination_down_opens_its_circuit_and_is_probed_not_hammered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_slow_user_does_not_hold_up_the_others() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(kafka.bootstrap(), &stub.url(), "", "");
+    let (kafka, stub, cfg) = rig("").await;
     let running = Running::start(&cfg, Role::All).await.unwrap();
     let seg_ok = |stub: &Stub, skip: &str| {
         ok(&stub.requests())
@@ -569,14 +545,7 @@ async fn one_slow_user_does_not_hold_up_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_due_retry_never_waits_behind_a_long_retry_after() {
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "backoff_min_ms = 100\nbackoff_max_ms = 400",
-    );
+    let (kafka, stub, cfg) = rig("backoff_min_ms = 100\nbackoff_max_ms = 400").await;
     // A's first Seg request gets 429 with a Retry-After of 20 s (longer than the longest tier,
     // 2 s here); B's first three (the attempt and both in-place retries) get 503.
     stub.inject(Fault {
@@ -689,14 +658,7 @@ async fn a_broker_outage_loses_nothing() {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(5.0);
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(
-        kafka.bootstrap(),
-        &stub.url(),
-        "",
-        "backoff_min_ms = 50\nbackoff_max_ms = 500",
-    );
+    let (kafka, stub, cfg) = rig("backoff_min_ms = 50\nbackoff_max_ms = 500").await;
     let lines = events(600, 40);
     let want: std::collections::HashSet<(String, String)> = expected_requests(&cfg, &lines)
         .into_iter()
@@ -780,9 +742,7 @@ async fn a_retry_due_far_ahead_waits_no_longer_than_its_tier() {
     use eventrelay::headers::{retry, Origin, RetryState};
     use prost::Message as _;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let kafka = cluster();
-    let stub = Stub::start("127.0.0.1:0", None).await.unwrap();
-    let cfg = config(kafka.bootstrap(), &stub.url(), "", "");
+    let (kafka, stub, cfg) = rig("").await;
     let seg = cfg
         .destinations()
         .unwrap()
