@@ -217,6 +217,8 @@ pub struct Event<'a> {
     pub integrations: Option<Raw<'a>>,
     /// `context.traits.email`, else `traits.email`: a non-blank string.
     pub email: Option<Cow<'a, str>>,
+    /// The e-commerce event a track's name is, read once for every destination.
+    ecommerce: Option<Ecommerce>,
     /// An `Order Completed` track's `properties` as the event pass read them (see
     /// [`Event::order`]).
     order: Option<Box<Order<'a>>>,
@@ -280,6 +282,7 @@ impl PartialEq for Event<'_> {
             && raw_eq(self.context_page, o.context_page)
             && raw_eq(self.integrations, o.integrations)
             && self.email == o.email
+            && self.ecommerce == o.ecommerce
     }
 }
 
@@ -562,29 +565,6 @@ pub mod raw {
         let _ = de.deserialize_seq(Elems(&mut f, keys));
     }
 
-    /// The elements of a raw JSON array; anything else gives none.
-    pub fn elements(arr: Raw<'_>) -> Vec<Raw<'_>> {
-        struct Elems;
-        impl<'de> Visitor<'de> for Elems {
-            type Value = Vec<Raw<'de>>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<Raw<'de>>()? {
-                    out.push(v);
-                }
-                Ok(out)
-            }
-        }
-        if !arr.get().starts_with('[') {
-            return Vec::new();
-        }
-        let mut de = serde_json::Deserializer::from_str(arr.get());
-        de.deserialize_seq(Elems).unwrap_or_default()
-    }
-
     /// Where `part`, a slice of `text`, starts in it.
     pub(crate) fn offset(text: &str, part: &str) -> Option<usize> {
         let at = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
@@ -765,13 +745,8 @@ pub mod raw {
         }
     }
 
-    /// Nesting depth of objects and arrays in JSON text, strings skipped. A cheap upper bound
-    /// (the number of `{` and `[` bytes) answers first, so ordinary events are not walked.
-    pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
-        scan(bytes).openers > max && nesting_exceeds(bytes, max)
-    }
-
-    /// The exact walk behind [`depth_exceeds`].
+    /// Whether objects and arrays in JSON text nest deeper than `max`, strings skipped. Walked
+    /// only for a record whose [`Scan::openers`] is above `max`, so ordinary events are not.
     pub(crate) fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
         let (mut depth, mut in_str, mut esc) = (0usize, false, false);
         for &b in bytes {
@@ -1284,6 +1259,10 @@ impl<'a> Event<'a> {
                 }
             }
         }
+        let ecommerce = match kind {
+            EventType::Track => event.as_deref().and_then(Ecommerce::from_name),
+            _ => None,
+        };
         let [timestamp, original_timestamp, sent_at, received_at] = times;
         let email = email_in(context.traits).or_else(|| email_in(traits));
         Ok(Event {
@@ -1306,6 +1285,7 @@ impl<'a> Event<'a> {
             context_page: context.page,
             integrations,
             email,
+            ecommerce,
             order: f.props.map(|(_, order, _)| order),
         })
     }
@@ -1328,6 +1308,12 @@ impl<'a> Event<'a> {
     /// The track event name (validated present for track calls).
     pub fn event_name(&self) -> Option<&str> {
         self.event.as_deref()
+    }
+
+    /// The e-commerce event (Segment's spec) a track call's name is, in any of its spellings;
+    /// `None` for other names and other calls.
+    pub fn ecommerce(&self) -> Option<Ecommerce> {
+        self.ecommerce
     }
 
     /// The event's time: `timestamp`, else `originalTimestamp`, else `receivedAt`, else `sentAt`.

@@ -271,9 +271,7 @@ impl Destination for OwnerIq {
         let kind = match event.kind {
             EventType::Page => Kind::Page,
             EventType::Track => {
-                if event.event_name().and_then(Ecommerce::from_name)
-                    != Some(Ecommerce::OrderCompleted)
-                {
+                if event.ecommerce() != Some(Ecommerce::OrderCompleted) {
                     return Verdict::Skip("unmapped_event");
                 }
                 Kind::Conversion

@@ -47,14 +47,14 @@ impl Seg {
     }
 }
 
-/// The Seg event name for a Segment track event name, if Seg takes it.
-pub fn seg_event_name(name: &str) -> Option<&'static str> {
-    Some(match Ecommerce::from_name(name)? {
+/// Seg's name for a Segment e-commerce event (every one of them is one Seg takes).
+fn seg_name(e: Ecommerce) -> &'static str {
+    match e {
         Ecommerce::ProductListViewed => "RangeView",
         Ecommerce::ProductViewed => "ProductView",
         Ecommerce::ProductAdded => "AddedToBasket",
         Ecommerce::OrderCompleted => "OrderPlaced",
-    })
+    }
 }
 
 /// A plausible email address: one `@`, something before it, a dotted domain after, no spaces.
@@ -214,7 +214,7 @@ impl Destination for Seg {
                 );
             }
             EventType::Track => {
-                let Some(name) = event.event_name().and_then(seg_event_name) else {
+                let Some(name) = event.ecommerce().map(seg_name) else {
                     return Verdict::Skip("unmapped_event");
                 };
                 w.str("event", Some(name));
