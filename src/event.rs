@@ -19,6 +19,8 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
+mod walk;
+
 /// One JSON value's text exactly as it came, borrowed from the record. Only the parser makes
 /// one (from a slice it has validated as a whole JSON value), so the text is always valid JSON
 /// and a destination can embed it as is.
@@ -234,11 +236,10 @@ pub const PRODUCT_KEYS: [&str; 7] = [
     "brand", "sku", "price", "category", "quantity", "name", "title",
 ];
 
-/// The `properties` of an `Order Completed` track as the event pass read them, in the same
-/// pass that cut the slice: the [`ORDER_KEYS`] members (the last occurrence of a key wins) and
-/// the object elements of `products`, so no mapper parses them a second time. Only this call
-/// is read member by member (a destination itemizes its products); serde_json passes over any
-/// other `properties` much faster than it walks one.
+/// The `properties` of an `Order Completed` track as the event pass read them: the
+/// [`ORDER_KEYS`] members (the last occurrence of a key wins) and the object elements of
+/// `products`, so no mapper parses them a second time. Only this call is read member by member
+/// (a destination itemizes its products); any other `properties` is passed over as a slice.
 #[derive(Debug, Clone, Default)]
 pub struct Order<'a> {
     values: [Option<Raw<'a>>; ORDER_KEYS.len()],
@@ -334,56 +335,6 @@ pub mod raw {
         }
     }
 
-    /// Any JSON value: for an array, `f` with the picked `keys` of each object element;
-    /// anything else is passed over.
-    struct Objects<'k, 'f, F, const M: usize>(&'f mut F, [&'k str; M]);
-
-    impl<'de, F: FnMut([Option<Raw<'de>>; M]), const M: usize> DeserializeSeed<'de>
-        for Objects<'_, '_, F, M>
-    {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de, F: FnMut([Option<Raw<'de>>; M]), const M: usize> Visitor<'de> for Objects<'_, '_, F, M> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(picked) = seq.next_element_seed(PickAny(self.1))? {
-                if let Some(picked) = picked {
-                    (self.0)(picked);
-                }
-            }
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(())
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-    }
-
     /// An object's picked values, or `None` for any other JSON value.
     struct PickAny<'k, const N: usize>([&'k str; N]);
 
@@ -472,65 +423,6 @@ pub mod raw {
         de.deserialize_map(All).unwrap_or_default()
     }
 
-    /// [`pick`] of `keys` and, in the same pass, the object elements of the array at
-    /// `array_key` picked as [`each_object`] does (`f(Some(values))` per object, in order):
-    /// the object and the array are read once. `f(None)` each time `array_key` is met, before
-    /// its elements (a repeated key: the caller drops what the earlier one gave, the last
-    /// wins as in [`pick`]). `None` when an element cannot be read as a value (a number
-    /// beyond `f64`, which the event parse accepts as text): the caller undoes what `f` did
-    /// and uses [`pick`] and [`each_object`].
-    pub fn try_pick_each<'a, const N: usize, const M: usize>(
-        obj: Raw<'a>,
-        keys: [&str; N],
-        array_key: &str,
-        elem_keys: [&str; M],
-        mut f: impl FnMut(Option<[Option<Raw<'a>>; M]>),
-    ) -> Option<[Option<Raw<'a>>; N]> {
-        struct Outer<'k, 'f, F, const N: usize, const M: usize> {
-            keys: [&'k str; N],
-            array_key: &'k str,
-            elem_keys: [&'k str; M],
-            f: &'f mut F,
-        }
-        impl<'de, F: FnMut(Option<[Option<Raw<'de>>; M]>), const N: usize, const M: usize>
-            Visitor<'de> for Outer<'_, '_, F, N, M>
-        {
-            type Value = [Option<Raw<'de>>; N];
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = [None; N];
-                while let Some(Key(k)) = map.next_key()? {
-                    if k == self.array_key {
-                        (self.f)(None);
-                        let mut each = |v| (self.f)(Some(v));
-                        map.next_value_seed(Objects(&mut each, self.elem_keys))?;
-                        continue;
-                    }
-                    match self.keys.iter().position(|want| *want == k) {
-                        Some(i) => out[i] = Some(map.next_value::<Raw<'de>>()?),
-                        None => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        if !is_object(obj) {
-            return Some([None; N]);
-        }
-        let mut de = serde_json::Deserializer::from_str(obj.get());
-        de.deserialize_map(Outer {
-            keys,
-            array_key,
-            elem_keys,
-            f: &mut f,
-        })
-        .ok()
-    }
-
     /// For each object element of a raw JSON array, in order, the values of `keys` as
     /// [`pick`] reads them; other elements are passed over. No element list is built.
     /// Not an array: no call.
@@ -563,94 +455,6 @@ pub mod raw {
         let mut de = serde_json::Deserializer::from_str(arr.get());
         // The slice was validated when the event was parsed; an error cannot happen here.
         let _ = de.deserialize_seq(Elems(&mut f, keys));
-    }
-
-    /// Where `part`, a slice of `text`, starts in it.
-    pub(crate) fn offset(text: &str, part: &str) -> Option<usize> {
-        let at = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-        (at + part.len() <= text.len()).then_some(at)
-    }
-
-    fn is_ws(b: u8) -> bool {
-        matches!(b, b' ' | b'\n' | b'\r' | b'\t')
-    }
-
-    /// Where the value of an object member starts, from its key (a slice of `text` without
-    /// escapes, as the parser read it): past the closing quote, the colon and whitespace.
-    pub(crate) fn value_start(text: &str, key: &str) -> Option<usize> {
-        let b = text.as_bytes();
-        let mut i = offset(text, key)? + key.len();
-        (b.get(i) == Some(&b'"')).then_some(())?;
-        i += 1;
-        while b.get(i).copied().is_some_and(is_ws) {
-            i += 1;
-        }
-        (b.get(i) == Some(&b':')).then_some(())?;
-        i += 1;
-        while b.get(i).copied().is_some_and(is_ws) {
-            i += 1;
-        }
-        (i < b.len()).then_some(i)
-    }
-
-    /// The end (one past the `}`) of an object value that precedes `before` in valid JSON
-    /// text: going back over whitespace, one `,` (another member follows: `before` is that
-    /// key's opening quote) or `}` (the value closed its parent, `before` is the text's end),
-    /// whitespace again, then the value's own `}`.
-    pub(crate) fn closing_before(text: &str, before: usize, follows_key: bool) -> Option<usize> {
-        let b = text.as_bytes();
-        let mut i = before;
-        let mut back = |want: u8| -> Option<()> {
-            while i > 0 && is_ws(b[i - 1]) {
-                i -= 1;
-            }
-            (i > 0 && b[i - 1] == want).then(|| i -= 1)
-        };
-        if follows_key {
-            (b.get(before) == Some(&b'"')).then_some(())?;
-            back(b',')?;
-        } else {
-            back(b'}')?;
-        }
-        back(b'}')?;
-        Some(i + 1)
-    }
-
-    /// Reads an order's `properties` object member by member into [`Order`](super::Order):
-    /// the [`ORDER_KEYS`](super::ORDER_KEYS) values as slices, `products` elements picked as
-    /// [`each_object`] does; everything else passed over. The last occurrence of a key wins.
-    pub(crate) struct OrderSeed;
-
-    impl<'de> DeserializeSeed<'de> for OrderSeed {
-        type Value = super::Order<'de>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for OrderSeed {
-        type Value = super::Order<'de>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut o = super::Order::default();
-            while let Some(Key(k)) = map.next_key()? {
-                if k == "products" {
-                    o.products.clear();
-                    let mut each = |v| o.products.push(v);
-                    map.next_value_seed(Objects(&mut each, super::PRODUCT_KEYS))?;
-                    continue;
-                }
-                match super::ORDER_KEYS.iter().position(|want| *want == k) {
-                    Some(i) => o.values[i] = Some(map.next_value::<Raw<'de>>()?),
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(o)
-        }
     }
 
     /// Whether a raw value is a JSON object.
@@ -877,32 +681,17 @@ struct Fields<'a> {
     name: Option<Raw<'a>>,
     times: [Option<Raw<'a>>; 4],
     properties: Option<Raw<'a>>,
-    /// Set when `properties` was read member by member: where its `{` is, what was read, and
-    /// where the next top-level key starts (its end is found from there).
-    props: Option<(usize, Box<Order<'a>>, After)>,
+    /// An `Order Completed`'s `properties` read member by member (the walk only).
+    order: Option<Box<Order<'a>>>,
     traits: Option<Raw<'a>>,
     integrations: Option<Raw<'a>>,
     context: Option<raw::Context<'a>>,
 }
 
-/// What follows an object read member by member, to find its closing brace.
-#[derive(Clone, Copy)]
-enum After {
-    /// Nothing read yet.
-    Pending,
-    /// The next key's text starts at this offset (it had no escapes).
-    KeyAt(usize),
-    /// A key with escapes: its position is not known.
-    Unknown,
-}
+/// Reads the top-level fields (the serde_json pass, when the walk gives up).
+struct FieldsVisitor;
 
-/// Reads the top-level fields; with `text` (the whole record), an order's `properties` member
-/// by member too ([`Order`]).
-struct FieldsVisitor<'t> {
-    text: Option<&'t str>,
-}
-
-impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'de> {
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
     type Value = Fields<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -910,14 +699,6 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'de> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         let mut f = Fields::default();
         while let Some(raw::Key(k)) = map.next_key()? {
-            if let Some((_, _, after @ After::Pending)) = &mut f.props {
-                *after = match (&k, self.text) {
-                    (Cow::Borrowed(k), Some(text)) => {
-                        raw::offset(text, k).map_or(After::Unknown, After::KeyAt)
-                    }
-                    _ => After::Unknown,
-                };
-            }
             let slot = match &*k {
                 "type" => &mut f.kind,
                 "messageId" => &mut f.message_id,
@@ -930,29 +711,7 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'de> {
                 "originalTimestamp" => &mut f.times[1],
                 "sentAt" => &mut f.times[2],
                 "receivedAt" => &mut f.times[3],
-                "properties" => {
-                    // An object whose key has no escapes is read member by member; its slice
-                    // is cut once the next key (or the end) shows where it closes.
-                    let order = f
-                        .event
-                        .and_then(raw::as_str)
-                        .and_then(|e| Ecommerce::from_name(&e))
-                        == Some(Ecommerce::OrderCompleted);
-                    let start = match (&k, self.text) {
-                        (Cow::Borrowed(k), Some(text)) if order => raw::value_start(text, k),
-                        _ => None,
-                    };
-                    if let (Some(start), Some(text)) = (start, self.text) {
-                        if text.as_bytes()[start] == b'{' {
-                            let order = map.next_value_seed(raw::OrderSeed)?;
-                            f.properties = None;
-                            f.props = Some((start, Box::new(order), After::Pending));
-                            continue;
-                        }
-                    }
-                    f.props = None;
-                    &mut f.properties
-                }
+                "properties" => &mut f.properties,
                 "traits" => &mut f.traits,
                 "integrations" => &mut f.integrations,
                 "context" => {
@@ -1100,17 +859,28 @@ impl<'a> Event<'a> {
                 ),
             ));
         }
+        // The record's cache lines are asked for at once, then the walk reads it once; it
+        // accepts only valid JSON within MAX_DEPTH, so a record it takes gets the same verdict
+        // from the passes below, which decide everything else.
+        raw::prefetch(bytes);
+        match walk::fields(bytes) {
+            Some(fields) => Self::validate(fields, bytes),
+            None => Self::parse_serde(bytes),
+        }
+    }
+
+    /// The serde_json way, for what the walk gives up on; its verdicts are the reference.
+    fn parse_serde(bytes: &'a [u8]) -> Result<Event<'a>, InvalidEvent> {
         // Too deep wins over every other verdict. One pass first reads whether the record is
-        // ASCII and bounds its depth (the first touch of the record: it costs what reading it
-        // does); the exact walk, only for a record with more than MAX_DEPTH `{`/`[`, runs
-        // after the parse (which has no recursion: nested values are skipped iteratively).
+        // ASCII and bounds its depth; the exact walk, only for a record with more than
+        // MAX_DEPTH `{`/`[`, runs after the parse (which has no recursion: nested values are
+        // skipped iteratively).
         let too_deep = || {
             InvalidEvent::new(
                 "too_deep",
                 format!("objects and arrays are nested deeper than {MAX_DEPTH} levels"),
             )
         };
-        raw::prefetch(bytes);
         let scan = raw::scan(bytes);
         let deep = || scan.openers > MAX_DEPTH && raw::nesting_exceeds(bytes, MAX_DEPTH);
         let text = if scan.ascii {
@@ -1132,7 +902,7 @@ impl<'a> Event<'a> {
         Self::validate(fields, bytes)
     }
 
-    /// The one serde_json pass: the top-level fields as raw slices.
+    /// The serde_json pass: the top-level fields as raw slices, or serde_json's verdict.
     fn parse_fields(text: &'a str) -> Result<Fields<'a>, InvalidEvent> {
         let not_json =
             |e: serde_json::Error| InvalidEvent::new("invalid_json", format!("not JSON: {e}"));
@@ -1147,30 +917,9 @@ impl<'a> Event<'a> {
                 "an event must be a JSON object",
             ));
         }
-        // First with `properties` read member by member; anything that pass cannot place
-        // exactly (an error, a key with escapes next to it) is read again the plain way, so
-        // verdicts and error messages are the plain pass's.
-        let indexed = (|| {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let visitor = FieldsVisitor { text: Some(text) };
-            let mut f = serde::Deserializer::deserialize_map(&mut de, visitor).ok()?;
-            de.end().ok()?;
-            if let Some((start, _, after)) = &f.props {
-                let end = match after {
-                    After::Pending => raw::closing_before(text, text.len(), false),
-                    After::KeyAt(key) => raw::closing_before(text, key.checked_sub(1)?, true),
-                    After::Unknown => None,
-                }?;
-                f.properties = Some(Raw::trusted(text.get(*start..end)?));
-            }
-            Some(f)
-        })();
-        if let Some(f) = indexed {
-            return Ok(f);
-        }
         let mut de = serde_json::Deserializer::from_str(text);
-        let fields = serde::Deserializer::deserialize_map(&mut de, FieldsVisitor { text: None })
-            .map_err(not_json)?;
+        let fields =
+            serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).map_err(not_json)?;
         de.end().map_err(not_json)?;
         Ok(fields)
     }
@@ -1302,13 +1051,17 @@ impl<'a> Event<'a> {
             integrations,
             email,
             ecommerce,
-            order: f.props.map(|(_, order, _)| order),
+            // Read on the way when `event` came before `properties`, else here from the slice.
+            order: match (f.order, ecommerce, properties) {
+                (o @ Some(_), Some(Ecommerce::OrderCompleted), _) => o,
+                (None, Some(Ecommerce::OrderCompleted), Some(p)) => walk::order(p),
+                _ => None,
+            },
         })
     }
 
-    /// An `Order Completed` track's `properties` as the event pass read them; `None` when it
-    /// kept only the slice (another call, or an order whose `event` came after `properties`
-    /// or next to a key with escapes): then read [`Event::properties`] with [`raw::pick`].
+    /// An `Order Completed` track's `properties` as the event pass read them; `None` for
+    /// another call, or an order without `properties`.
     pub fn order(&self) -> Option<&Order<'a>> {
         self.order.as_deref()
     }
@@ -1521,11 +1274,11 @@ mod tests {
                 true,
             ),
             (r#":{ }}"#, "{ }", true),
-            // a key with escapes next to it: the slice is kept and read by the mapper
+            // a key with escapes next to it
             (
                 r#":{"orderId":"o1"},"\u0078":1}"#,
                 r#"{"orderId":"o1"}"#,
-                false,
+                true,
             ),
             // not an object: kept as is (and refused by validation below)
             (r#":[1],"x":1}"#, "", false),

@@ -181,9 +181,9 @@ fn order_properties() -> impl Strategy<Value = Value> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// The event pass reads an order's `properties` member by member only when `event` comes
-    /// first and the next key has no escapes; every other layout keeps the slice and the
-    /// mapper reads it. Both ways give the same records, whitespace included.
+    /// The event pass reads an order's `properties` member by member, on the way when `event`
+    /// comes first and from the slice when it comes later, keys written with escapes or not.
+    /// Every way gives the same records, whitespace included.
     #[test]
     fn an_order_maps_the_same_whichever_way_it_is_read(
         props in order_properties(),
@@ -194,16 +194,15 @@ proptest! {
         let head = r#""type":"track","userId":"u-1","messageId":"m-1","context":{"traits":{"email":"a@b.co"}}"#;
         let name = r#""event":"Order Completed""#;
         let layouts = [
-            // read member by member: the next key, the end of the event
+            // before the next key, at the end of the event, after the walk, an escaped key
             format!("{{{head},{name},{ws}\"properties\"{ws}:{ws}{props}{ws},{ws}\"x\":1}}"),
             format!("{{{head},{name},\"properties\":{ws}{props}{ws}}}{ws}"),
-            // kept as a slice: `event` after `properties`, an escaped key next to it
             format!("{{{head},\"properties\":{props},{name}}}"),
             format!("{{{head},{name},\"properties\":{props},\"\\u0078\":1}}"),
         ];
-        for (i, layout) in layouts.iter().enumerate() {
+        for layout in &layouts {
             let event = eventrelay::event::Event::parse(layout.as_bytes()).unwrap();
-            prop_assert_eq!(event.order().is_some(), i < 2, "{}", layout);
+            prop_assert!(event.order().is_some(), "{}", layout);
         }
         let dests = dests();
         let mapped: Vec<_> = layouts

@@ -9,7 +9,7 @@ use super::{
     common_headers, deny_unknown, endpoint, required_str, wire, BuildError, ConfigError,
     Destination, HttpRequest, Method, Verdict,
 };
-use crate::event::{raw, Ecommerce, Event, EventType, Raw, ORDER_KEYS, PRODUCT_KEYS};
+use crate::event::{raw, Ecommerce, Event, EventType, Raw, ORDER_KEYS};
 use crate::record::{owner_iq_hit::Kind, record::Payload, Record};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::sync::Arc;
@@ -87,49 +87,6 @@ fn encoded_len(s: &[u8]) -> usize {
         t
     };
     s.iter().map(|&b| usize::from(WIDTH[usize::from(b)])).sum()
-}
-
-/// The order fields and (into `pairs`) the products, read from the `properties` slice: one
-/// pass over it, products included (objects only, numbered from 1 in order; other elements
-/// passed over), or, when that pass meets a value it cannot read (a number beyond `f64`),
-/// a pick and a walk of `products`.
-fn read_order<'a>(event: &Event<'a>, pairs: &mut Pairs<'_>) -> [Option<Raw<'a>>; 6] {
-    let mark = (pairs.out.len(), pairs.url_len, pairs.count);
-    let mut n = 0;
-    let picked = event.properties.map_or(Some([None; 6]), |p| {
-        raw::try_pick_each(p, ORDER_KEYS, "products", PRODUCT_KEYS, |v| match v {
-            Some(v) => {
-                n += 1;
-                pairs.product(n, v);
-            }
-            None => {
-                (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
-                pairs.out.truncate(mark.0);
-            }
-        })
-    });
-    match picked {
-        Some(v) => v,
-        None => {
-            (n, pairs.url_len, pairs.count) = (0, mark.1, mark.2);
-            pairs.out.truncate(mark.0);
-            let p = event.properties.map_or([None; 7], |p| {
-                raw::pick(
-                    p,
-                    [
-                        "orderId", "order_id", "id", "total", "revenue", "email", "products",
-                    ],
-                )
-            });
-            if let Some(products) = p[6] {
-                raw::each_object(products, PRODUCT_KEYS, |v| {
-                    n += 1;
-                    pairs.product(n, v);
-                });
-            }
-            [p[0], p[1], p[2], p[3], p[4], p[5]]
-        }
-    }
 }
 
 /// The first usable order id in the documented order: a null or blank string falls back to
@@ -301,7 +258,8 @@ impl Destination for OwnerIq {
                     }
                     order.pick(ORDER_KEYS)
                 }
-                None => read_order(event, &mut pairs),
+                // No `properties`: no order fields.
+                None => [None; 6],
             };
             props_email = email;
             let Some(order_id) = first_order_id([order_id, order_id2, id]) else {
