@@ -41,6 +41,34 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Counts heap allocations, so the bench can print how many each delivery and each ceiling
+/// request makes (a count does not move with the machine's load, unlike CPU time).
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.realloc(ptr, layout, size)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 const WEBSITE: &str = "abc8fb18-7559-4324-9921-a4b5015b4a1c";
 const TOPICS: [&str; 8] = [
     "segment.events",
@@ -212,10 +240,17 @@ struct Round {
     mock_us: f64,
     ceiling_cpu_us: f64,
     ceiling_stub_us: f64,
+    /// Heap allocations in this process per delivery (sender) and per request (ceiling).
+    allocs: f64,
+    ceiling_allocs: f64,
 }
 
 /// URL, headers and body of one request, for the ceiling.
-type PlainRequest = (reqwest::Url, Vec<(&'static str, String)>, bytes::Bytes);
+type PlainRequest = (
+    reqwest::Url,
+    Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    bytes::Bytes,
+);
 
 /// Requests/s from reqwest alone: `n` of `reqs` (cycled) at the bench's concurrency; over the
 /// whole run, and between the 10th and the 90th percent of answers (the steady state).
@@ -243,7 +278,7 @@ async fn http_ceiling(reqs: &[PlainRequest], n: usize) -> (f64, f64) {
                     // Parsed before the clock started, as the sender's lanes parse a URL once.
                     let mut rb = client.post(url.clone()).body(body.clone());
                     for (k, v) in headers {
-                        rb = rb.header(*k, v);
+                        rb = rb.header(k.clone(), v.clone());
                     }
                     if let Ok(r) = rb.send().await {
                         let _ = r.bytes().await;
@@ -351,7 +386,19 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             .map(|(_, r)| {
                 let q = seg.build_request(r).expect("request");
                 let url = reqwest::Url::parse(&q.url).expect("url");
-                (url, q.headers, q.body.unwrap_or_default())
+                // Headers made before the clock starts too, as the lanes make them once per
+                // record.
+                let headers = q
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                            reqwest::header::HeaderValue::from_str(&v).expect("value"),
+                        )
+                    })
+                    .collect();
+                (url, headers, q.body.unwrap_or_default())
             })
             .collect();
         // A fresh stub process pays for its first requests (memory, connections): warm it up
@@ -362,6 +409,12 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
         // sender round on N fresh records from a stopped stage (the same group, so it goes on
         // from its commits); the medians are the headline, because the two cores are shared.
         let rounds: usize = arg(&args, "--rounds").unwrap_or(3).max(1);
+        // What one of the rounds' progress polls allocates, to take out of the sender's count.
+        let before = allocations();
+        for _ in 0..50 {
+            count().await;
+        }
+        let poll_allocs = (allocations() - before) as f64 / 50.0;
         let mut results: Vec<Round> = Vec::new();
         let mut last = None;
         for round in 0..rounds {
@@ -372,7 +425,9 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             p.flush(Duration::from_secs(60)).expect("flush");
             let _ = http.delete(format!("{url}/requests")).send().await;
             let (cpu_before, stub_before) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
+            let allocs_before = allocations();
             let (ceiling, ceiling_steady) = http_ceiling(&reqs, n).await;
+            let ceiling_allocs = (allocations() - allocs_before) as f64 / n as f64;
             let ceiling_cpu_us = (cpu_secs(std::process::id()) - cpu_before) / n as f64 * 1e6;
             let ceiling_stub_us = (cpu_secs(stub_pid) - stub_before) / n as f64 * 1e6;
             let _ = http.delete(format!("{url}/requests")).send().await;
@@ -385,8 +440,11 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             let first = Instant::now();
             let (cpu_self, cpu_stub) = (cpu_secs(std::process::id()), cpu_secs(stub_pid));
             let cpu_mock = thread_cpu_secs("rdk:mock");
+            let allocs_first = allocations();
+            let mut polls = 0u64;
             let (mut p10, mut p90) = (None, None);
             loop {
+                polls += 1;
                 let c = count().await;
                 let now = Instant::now();
                 if c >= n / 10 && p10.is_none() {
@@ -415,6 +473,10 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
                 mock_us: (thread_cpu_secs("rdk:mock") - cpu_mock) / n as f64 * 1e6,
                 ceiling_cpu_us,
                 ceiling_stub_us,
+                // Less what this loop's own requests to the stub allocate.
+                allocs: ((allocations() - allocs_first) as f64 - polls as f64 * poll_allocs)
+                    / n as f64,
+                ceiling_allocs,
             };
             println!(
                 "round {}: sender {:.0} deliveries/s, ceiling {:.0} requests/s, ratio {:.2}; steady state (10th to 90th percent) {:.0} vs {:.0}, ratio {:.2}; {:.1} µs of eventrelay CPU per delivery, reqwest alone {:.1} µs",
@@ -483,6 +545,11 @@ fn throughput_and_latency(n: usize, latency_secs: f64) {
             "cpu per request during the ceiling: this process (reqwest) {:.1} µs, stub {:.1} µs",
             median(&|r| r.ceiling_cpu_us),
             median(&|r| r.ceiling_stub_us)
+        );
+        println!(
+            "heap allocations in this process: {:.1} per delivery (sender, consumer and mock broker), {:.1} per request (ceiling)",
+            median(&|r| r.allocs),
+            median(&|r| r.ceiling_allocs)
         );
 
         // Latency at half the measured rate: unique messageIds, stamped when produced.

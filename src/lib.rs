@@ -42,4 +42,20 @@ pub use sender::{parse_retry_after, run_send_stage, SendCount, SendStats};
 pub mod record {
     #![allow(missing_docs, clippy::module_inception)]
     include!(concat!(env!("OUT_DIR"), "/eventrelay.v1.rs"));
+
+    /// The record a [`Delivery`] read: what a destination builds its request from, every other
+    /// field empty.
+    impl From<Delivery> for Record {
+        fn from(d: Delivery) -> Record {
+            Record {
+                message_id: d.message_id,
+                received_at_ms: d.received_at_ms,
+                payload: d.payload.map(|p| match p {
+                    delivery::Payload::Owneriq(hit) => record::Payload::Owneriq(hit),
+                    delivery::Payload::Seg(ev) => record::Payload::Seg(ev),
+                }),
+                ..Record::default()
+            }
+        }
+    }
 }

@@ -69,7 +69,7 @@ impl<'a> RequestJson<'a> {
     }
 }
 
-struct Headers<'a>(&'a [(&'static str, String)]);
+struct Headers<'a>(&'a [(&'static str, std::borrow::Cow<'static, str>)]);
 
 impl Serialize for Headers<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

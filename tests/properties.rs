@@ -6,6 +6,7 @@ use eventrelay::destinations::{Destination, Routed};
 use eventrelay::map_input;
 use eventrelay::testkit::decode_t;
 use proptest::prelude::*;
+use prost::Message as _;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -108,6 +109,11 @@ proptest! {
                 if let Routed::Records(records) = r {
                     for record in records {
                         let req = dest.build_request(&record).unwrap();
+                        // The send stage reads the record as a `Delivery`: the same request.
+                        let narrow = eventrelay::record::Delivery::decode(record.encode_to_vec().as_slice())
+                            .map(eventrelay::record::Record::from)
+                            .unwrap();
+                        prop_assert_eq!(&dest.build_request(&narrow).unwrap(), &req);
                         prop_assert!(url::Url::parse(&req.url).is_ok(), "{}", req.url);
                         if let Some(body) = &req.body {
                             prop_assert!(serde_json::from_slice::<Value>(body).is_ok());

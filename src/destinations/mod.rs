@@ -18,6 +18,7 @@ pub(crate) mod wire;
 use crate::event::Event;
 use crate::record::{record::Payload, EventTimes, Record, Source};
 use prost::Message;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -75,8 +76,9 @@ pub struct HttpRequest {
     pub method: Method,
     /// Absolute URL.
     pub url: String,
-    /// Header name/value pairs.
-    pub headers: Vec<(&'static str, String)>,
+    /// Header name/value pairs; a value that is the same for every request is borrowed, so
+    /// building it costs nothing per request.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// Body bytes (JSON), if any: shared with the record it came from, not copied.
     pub body: Option<bytes::Bytes>,
 }
@@ -141,7 +143,9 @@ pub trait Destination: Send + Sync {
             Verdict::Reject(r) => MapOutcome::Reject(r),
         }
     }
-    /// Build the HTTP request for a record with the current settings.
+    /// Build the HTTP request for a record with the current settings. Read only the record's
+    /// `message_id` and payload: the send stage decodes records as a [`crate::record::Delivery`],
+    /// which holds only those (and `received_at_ms`), and leaves the other fields empty.
     fn build_request(&self, record: &Record) -> Result<HttpRequest, BuildError>;
     /// Classify an HTTP status. Defaults to Segment's rules.
     fn classify(&self, status: u16) -> AnswerClass {
@@ -380,12 +384,12 @@ pub fn route_encoded(
 }
 
 /// The common request headers every destination sends.
-pub fn common_headers(record: &Record) -> Vec<(&'static str, String)> {
-    vec![
-        ("Idempotency-Key", record.message_id.clone()),
+pub fn common_headers(record: &Record) -> [(&'static str, Cow<'static, str>); 2] {
+    [
+        ("Idempotency-Key", Cow::Owned(record.message_id.clone())),
         (
             "User-Agent",
-            concat!("eventrelay/", env!("CARGO_PKG_VERSION")).to_string(),
+            Cow::Borrowed(concat!("eventrelay/", env!("CARGO_PKG_VERSION"))),
         ),
     ]
 }

@@ -313,7 +313,7 @@ impl Destination for OwnerIq {
         Ok(HttpRequest {
             method: Method::Get,
             url,
-            headers: common_headers(record),
+            headers: common_headers(record).into(),
             body: None,
         })
     }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::event::{raw, Ecommerce, Event, EventType, Raw};
 use crate::record::{record::Payload, Record};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Default Seg tracker host.
@@ -265,7 +266,8 @@ impl Destination for Seg {
                 message: "record has no Seg payload".into(),
             });
         };
-        let mut headers = vec![("Content-Type", "application/json".to_string())];
+        let mut headers = Vec::with_capacity(3);
+        headers.push(("Content-Type", Cow::Borrowed("application/json")));
         headers.extend(common_headers(record));
         Ok(HttpRequest {
             method: Method::Post,

@@ -301,22 +301,24 @@ impl<J> Loop<'_, J> {
                     "a record could not be handed on for good; stopping so a restart re-reads it from the last commit"
                 ));
             }
-            if last_commit.elapsed() >= self.c.commit_every {
-                last_commit = Instant::now();
+            // One clock read per turn (a turn per record under load).
+            let now = Instant::now();
+            if now.duration_since(last_commit) >= self.c.commit_every {
+                last_commit = now;
                 self.commit_periodically()?;
             }
-            if self.dirty || since_tick >= 256 || last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
+            if self.dirty || since_tick >= 256 || now.duration_since(last_tick) >= TICK {
+                last_tick = now;
                 since_tick = 0;
                 self.flush_stash(lanes)?;
                 self.wake_due();
                 self.apply_pauses(intake.hold_all());
             }
-            if self.throttled && self.last_poll.elapsed() < THROTTLED_POLL_EVERY {
+            if self.throttled && now.duration_since(self.last_poll) < THROTTLED_POLL_EVERY {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            self.last_poll = Instant::now();
+            self.last_poll = now;
             let wait = if self.throttled {
                 Duration::ZERO
             } else if !self.stashed_in.is_empty() {

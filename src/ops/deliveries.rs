@@ -67,14 +67,15 @@ impl Outcome {
 
 /// One attempt as the send stage sees it, borrowed: [`DestinationLog::record`] masks and copies
 /// only what it keeps, so the caller allocates nothing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttemptInput<'a> {
     /// The record's messageId, sent as the Idempotency-Key header.
     pub message_id: &'a str,
     /// `GET` or `POST`.
     pub method: &'static str,
-    /// The request URL, unmasked (it is masked before it is stored).
-    pub url: &'a str,
+    /// The request URL with credentials masked ([`mask_url`]); shared, so a lane whose URL
+    /// repeats masks it once.
+    pub url: Arc<str>,
     /// The HTTP status, when the destination answered.
     pub status: Option<u16>,
     /// Why there is no status (`timeout`, `connect_error`, `invalid_request`, `error`).
@@ -104,7 +105,7 @@ pub struct Attempt {
     /// `GET` or `POST`.
     pub method: &'static str,
     /// The request URL with credentials masked.
-    pub url: String,
+    pub url: Arc<str>,
     /// The HTTP status, or null when there was no answer (see `errorClass`).
     pub status: Option<u16>,
     /// Why there was no answer: `timeout`, `connect_error`, `invalid_request` or `error`.
@@ -201,8 +202,8 @@ impl DestinationLog {
         }
     }
 
-    /// Keep one attempt, displacing the oldest when the ring is full. Masking and copying
-    /// happen before the lock is taken and the displaced entry is freed after it is released,
+    /// Keep one attempt, displacing the oldest when the ring is full. Masking (by the caller)
+    /// and copying happen before the lock is taken and the displaced entry is freed after it is released,
     /// so the lock is held for a push only.
     pub fn record(&self, a: AttemptInput<'_>) {
         if self.kept == 0 {
@@ -213,7 +214,7 @@ impl DestinationLog {
             time: now_millis(),
             message_id: a.message_id.to_string(),
             method: a.method,
-            url: mask_url(a.url),
+            url: a.url,
             status: a.status,
             error_class: a.error_class,
             latency_ms: a.latency,
@@ -700,7 +701,7 @@ mod tests {
         AttemptInput {
             message_id: id,
             method: "POST",
-            url: "https://seg.example.com/v1/site/events",
+            url: mask_url("https://seg.example.com/v1/site/events").into(),
             status: Some(if outcome == Outcome::Success {
                 200
             } else {
@@ -886,7 +887,8 @@ mod tests {
             for i in 0..n {
                 log.record(AttemptInput {
                     message_id: "0b1a2c3d-4e5f-6789-abcd-ef0123456789",
-                    url,
+                    // Masked per record, as for a destination whose URL changes every time.
+                    url: mask_url(url).into(),
                     attempt: i as u32,
                     error: None,
                     ..input("", Outcome::Success)

@@ -21,8 +21,10 @@ use crate::kafka::headers::{self, DeadLetter, ErrorStage, Origin, RetryState};
 use crate::kafka::{
     producer_config, ConsumerSpec, GroupObserver, Intake, Progress, Slot, StageConsumer,
 };
-use crate::ops::deliveries::{answer_snippet, AttemptInput, DeliveryLog, DestinationLog, Outcome};
-use crate::record::Record;
+use crate::ops::deliveries::{
+    answer_snippet, mask_url, AttemptInput, DeliveryLog, DestinationLog, Outcome,
+};
+use crate::record::{Delivery, Record};
 use anyhow::{anyhow, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use breaker::{Admit, Breaker, BreakerConfig, Verdict};
@@ -30,6 +32,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,7 +147,8 @@ struct Item {
     progress: Arc<Progress>,
     /// Read from the retry topic: its retry headers (attempts, first attempt) count.
     retried: bool,
-    key: Option<Vec<u8>>,
+    /// Key and payload share one copy of the record's bytes.
+    key: Option<bytes::Bytes>,
     payload: bytes::Bytes,
     headers: Option<OwnedHeaders>,
 }
@@ -286,10 +290,12 @@ impl Lane {
     }
 
     /// Keep one attempt in the live delivery view (`/deliveries`).
+    #[allow(clippy::too_many_arguments)]
     fn note(
         &self,
         record: &Record,
         req: &HttpRequest,
+        cache: &mut LaneCache,
         attempt: u32,
         answer: Result<u16, &AttemptError>,
         latency: Duration,
@@ -315,7 +321,7 @@ impl Lane {
         self.deliveries.record(AttemptInput {
             message_id: &record.message_id,
             method: req.method.as_str(),
-            url: &req.url,
+            url: cache.urls.masked(&req.url),
             status,
             error_class,
             latency,
@@ -325,13 +331,13 @@ impl Lane {
         });
     }
 
-    /// One request; `body` is the request's body, shared between attempts without copying.
-    /// Also returns how long the HTTP exchange took.
+    /// One request; its body and headers were made once for all attempts (cloning them shares
+    /// their bytes). Also returns how long the HTTP exchange took.
     async fn attempt(
         &self,
         req: &HttpRequest,
-        body: Option<&bytes::Bytes>,
-        urls: &mut UrlCache,
+        parts: &Parts,
+        cache: &mut LaneCache,
     ) -> (Result<u16, AttemptError>, Duration) {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
@@ -341,15 +347,15 @@ impl Lane {
             crate::destinations::Method::Post => reqwest::Method::POST,
             crate::destinations::Method::Get => reqwest::Method::GET,
         };
-        let mut rb = match urls.get(&req.url) {
+        let mut rb = match cache.urls.get(&req.url) {
             Some(url) => self.client.request(method, url),
             // Unparseable: reqwest reports it as the builder error it always was.
             None => self.client.request(method, &req.url),
         };
-        for (k, v) in &req.headers {
-            rb = rb.header(*k, v);
+        for (k, v) in &parts.headers {
+            rb = rb.header(k.clone(), v.clone());
         }
-        if let Some(b) = body {
+        if let Some(b) = &parts.body {
             rb = rb.body(b.clone());
         }
         let started = Instant::now();
@@ -414,8 +420,8 @@ impl Lane {
 
     /// Deliver one item: in-place retries (or waiting on the breaker), then success, retry
     /// topic or dead letter.
-    async fn deliver(&self, item: Item, urls: &mut UrlCache) {
-        let (record, req, body) = match self.prepare(&item) {
+    async fn deliver(&self, item: Item, cache: &mut LaneCache) {
+        let (record, req, parts) = match self.prepare(&item, cache) {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 return self.finish_dead(item, reason, &message, None, 0).await;
@@ -428,10 +434,7 @@ impl Lane {
                 .finish_retry(item, &wait, retry.prior, retry.first_ms)
                 .await;
         }
-        let Some(tried) = self
-            .attempts(&record, &req, body.as_ref(), &retry, urls)
-            .await
-        else {
+        let Some(tried) = self.attempts(&record, &req, &parts, &retry, cache).await else {
             // Shutdown while waiting on the breaker: not finished and not started over; commits
             // stop before it, and the next owner (or this process after its restart) sends it.
             item.progress.abandon(&item.slot);
@@ -441,6 +444,7 @@ impl Lane {
         self.note(
             &record,
             &req,
+            cache,
             tried.attempts,
             tried.result.as_ref().copied(),
             tried.latency,
@@ -450,25 +454,40 @@ impl Lane {
             .await;
     }
 
-    /// The record decoded and its request built with the current settings (the body shared
-    /// between attempts without copying), or why it never can be.
+    /// The record decoded and its request built with the current settings, its body and
+    /// headers made once for every attempt, or why it never can be.
     fn prepare(
         &self,
         item: &Item,
-    ) -> Result<(Record, HttpRequest, Option<bytes::Bytes>), (&'static str, String)> {
-        // From the payload's `Bytes`, so the Seg body is a slice of it, not a copy.
-        let record = Record::decode(item.payload.clone()).map_err(|e| {
-            (
-                "undecodable_record",
-                format!("not an eventrelay record: {e}"),
-            )
-        })?;
+        cache: &mut LaneCache,
+    ) -> Result<(Record, HttpRequest, Parts), (&'static str, String)> {
+        // From the payload's `Bytes`, so the Seg body is a slice of it, not a copy; only what
+        // a request is built from ([`Delivery`]).
+        let record = Delivery::decode(item.payload.clone())
+            .map(Record::from)
+            .map_err(|e| {
+                (
+                    "undecodable_record",
+                    format!("not an eventrelay record: {e}"),
+                )
+            })?;
         let mut req = self
             .dest
             .build_request(&record)
             .map_err(|e| (e.reason, e.message))?;
         let body = req.body.take();
-        Ok((record, req, body))
+        let mut headers = Vec::with_capacity(req.headers.len());
+        for (k, v) in std::mem::take(&mut req.headers) {
+            let invalid = || {
+                (
+                    "permanent_error",
+                    format!("invalid_request: header {k} has characters HTTP does not allow"),
+                )
+            };
+            let name = cache.name(k).ok_or_else(invalid)?;
+            headers.push((name, header_value(v).ok_or_else(invalid)?));
+        }
+        Ok((record, req, Parts { body, headers }))
     }
 
     /// Attempt until the answer settles the record: success, a permanent failure, the end of
@@ -479,9 +498,9 @@ impl Lane {
         &self,
         record: &Record,
         req: &HttpRequest,
-        body: Option<&bytes::Bytes>,
+        parts: &Parts,
         retry: &RetryContext,
-        urls: &mut UrlCache,
+        cache: &mut LaneCache,
     ) -> Option<Tried> {
         let d = &self.delivery;
         let mut in_place = ExponentialBuilder::new()
@@ -497,7 +516,7 @@ impl Lane {
                 return None;
             }
             attempts = attempts.saturating_add(1);
-            let (result, latency) = self.attempt(req, body, urls).await;
+            let (result, latency) = self.attempt(req, parts, cache).await;
             let verdict = match &result {
                 Err(e) if e.class == AnswerClass::Retryable => Verdict::Down,
                 _ => Verdict::Up,
@@ -529,6 +548,7 @@ impl Lane {
             self.note(
                 record,
                 req,
+                cache,
                 attempts,
                 Err(&e),
                 latency,
@@ -567,9 +587,10 @@ impl Lane {
             Ok(_) => {
                 self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.success.increment(1);
-                self.metrics.last_success.set(now_millis() as f64 / 1000.0);
+                let now = now_millis();
+                self.metrics.last_success.set(now as f64 / 1000.0);
                 if record.received_at_ms > 0 {
-                    let latency = (now_millis() - record.received_at_ms).max(0) as f64 / 1000.0;
+                    let latency = (now - record.received_at_ms).max(0) as f64 / 1000.0;
                     self.metrics.end_to_end.record(latency);
                 }
                 item.progress.adjust(&item.slot, -1);
@@ -684,7 +705,7 @@ impl Lane {
             .payload(&item.payload[..])
             .headers(headers);
         if let Some(k) = &item.key {
-            rec = rec.key(k.as_slice());
+            rec = rec.key(k.as_ref());
         }
         match self.producer.send(rec, Duration::from_secs(60)).await {
             Ok(_) => true,
@@ -899,6 +920,8 @@ fn lane_depth(max_in_flight: usize) -> usize {
 struct UrlCache {
     text: String,
     parsed: Option<reqwest::Url>,
+    /// `text` with credentials masked, for the delivery view.
+    masked: Option<Arc<str>>,
 }
 
 impl UrlCache {
@@ -908,6 +931,7 @@ impl UrlCache {
             self.text.clear();
             self.text.push_str(url);
             self.parsed = None;
+            self.masked = None;
             return reqwest::Url::parse(url).ok();
         }
         if self.parsed.is_none() {
@@ -915,6 +939,56 @@ impl UrlCache {
         }
         self.parsed.clone()
     }
+}
+
+impl UrlCache {
+    /// `url` with credentials masked ([`mask_url`]), masked once while it repeats.
+    fn masked(&mut self, url: &str) -> Arc<str> {
+        if self.text != url {
+            return mask_url(url).into();
+        }
+        self.masked
+            .get_or_insert_with(|| mask_url(url).into())
+            .clone()
+    }
+}
+
+/// What a lane keeps between records: the last URL's parse and the header names it met, so
+/// neither is parsed per request.
+#[derive(Default)]
+struct LaneCache {
+    urls: UrlCache,
+    names: Vec<(&'static str, reqwest::header::HeaderName)>,
+}
+
+impl LaneCache {
+    /// The header name `k`; `None` when it is not a valid one.
+    fn name(&mut self, k: &'static str) -> Option<reqwest::header::HeaderName> {
+        if let Some((_, n)) = self.names.iter().find(|(s, _)| *s == k) {
+            return Some(n.clone());
+        }
+        let n = reqwest::header::HeaderName::from_bytes(k.as_bytes()).ok()?;
+        self.names.push((k, n.clone()));
+        Some(n)
+    }
+}
+
+/// A header value: a borrowed one is used in place (no copy), an owned one without copying
+/// its bytes; `None` when it holds bytes HTTP does not allow (control characters).
+fn header_value(v: Cow<'static, str>) -> Option<reqwest::header::HeaderValue> {
+    match v {
+        Cow::Borrowed(s) => s
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            .then(|| reqwest::header::HeaderValue::from_static(s)),
+        Cow::Owned(s) => reqwest::header::HeaderValue::try_from(s).ok(),
+    }
+}
+
+/// A request's parts made once for all its attempts.
+struct Parts {
+    body: Option<bytes::Bytes>,
+    headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
 }
 
 /// `concurrency` lanes, each a task sending its records one after another.
@@ -930,9 +1004,9 @@ fn start_lanes(
         senders.push(tx);
         let lane = lane.clone();
         lanes.push(tokio::spawn(async move {
-            let mut urls = UrlCache::default();
+            let mut cache = LaneCache::default();
             while let Some(item) = rx.recv().await {
-                lane.deliver(item, &mut urls).await;
+                lane.deliver(item, &mut cache).await;
             }
         }));
     }
@@ -966,15 +1040,22 @@ impl Intake for SendIntake {
     type Job = Item;
 
     fn job(&mut self, msg: &BorrowedMessage<'_>, slot: Slot) -> Item {
+        // One allocation for both (and shared from the start, so the lane's clones of the
+        // payload cost no allocation either).
+        let (p, k) = (msg.payload().unwrap_or_default(), msg.key());
+        let mut buf = bytes::BytesMut::with_capacity(p.len() + k.map_or(0, <[u8]>::len));
+        buf.extend_from_slice(p);
+        let payload = buf.split().freeze();
+        let key = k.map(|k| {
+            buf.extend_from_slice(k);
+            buf.split().freeze()
+        });
         Item {
             slot,
             progress: self.progress.clone(),
             retried: self.tier.is_some(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: msg
-                .payload()
-                .map(bytes::Bytes::copy_from_slice)
-                .unwrap_or_default(),
+            key,
+            payload,
             headers: msg.headers().map(|h| h.detach()),
         }
     }
