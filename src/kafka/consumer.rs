@@ -283,6 +283,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// stash like any other), far inside librdkafka's `max.poll.interval.ms`.
 const THROTTLED_POLL_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a throttled loop sleeps between looks at the in-flight count. Lanes still hold
+/// half the bound when it resumes (tens of milliseconds of work at full speed), so a few
+/// milliseconds cost no throughput, and each look is a thread wake-up on a busy machine.
+const THROTTLED_NAP: Duration = Duration::from_millis(5);
+
 impl<J> Loop<'_, J> {
     fn poll_until<I: Intake<Job = J>, L: Lanes<J>>(
         &mut self,
@@ -315,7 +320,7 @@ impl<J> Loop<'_, J> {
                 self.apply_pauses(intake.hold_all());
             }
             if self.throttled && now.duration_since(self.last_poll) < THROTTLED_POLL_EVERY {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(THROTTLED_NAP);
                 continue;
             }
             self.last_poll = now;
