@@ -13,6 +13,10 @@
 //! numbers, escapes and key order reach the destination exactly as sent. The parts a mapper
 //! needs from inside a raw slice are read on demand with [`raw::pick`] (one shallow pass).
 //!
+//! The pass is a hand-written walk (`walk`) that validates the record as JSON while it cuts
+//! the slices; for anything it does not take on, serde_json's pass decides, so verdicts and
+//! messages are serde_json's.
+//!
 //! Duplicate keys: the last occurrence wins, as it did with the ordered-map tree.
 
 use serde_json::value::RawValue;
@@ -688,6 +692,30 @@ struct Fields<'a> {
     context: Option<raw::Context<'a>>,
 }
 
+impl<'a> Fields<'a> {
+    /// Where a top-level key's value is kept as a slice; `None` for keys read another way
+    /// (`context`) or not at all. Both passes place values through it.
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Raw<'a>>> {
+        Some(match key {
+            "type" => &mut self.kind,
+            "messageId" => &mut self.message_id,
+            "userId" => &mut self.user_id,
+            "anonymousId" => &mut self.anonymous_id,
+            "previousId" => &mut self.previous_id,
+            "event" => &mut self.event,
+            "name" => &mut self.name,
+            "timestamp" => &mut self.times[0],
+            "originalTimestamp" => &mut self.times[1],
+            "sentAt" => &mut self.times[2],
+            "receivedAt" => &mut self.times[3],
+            "properties" => &mut self.properties,
+            "traits" => &mut self.traits,
+            "integrations" => &mut self.integrations,
+            _ => return None,
+        })
+    }
+}
+
 /// Reads the top-level fields (the serde_json pass, when the walk gives up).
 struct FieldsVisitor;
 
@@ -699,31 +727,13 @@ impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         let mut f = Fields::default();
         while let Some(raw::Key(k)) = map.next_key()? {
-            let slot = match &*k {
-                "type" => &mut f.kind,
-                "messageId" => &mut f.message_id,
-                "userId" => &mut f.user_id,
-                "anonymousId" => &mut f.anonymous_id,
-                "previousId" => &mut f.previous_id,
-                "event" => &mut f.event,
-                "name" => &mut f.name,
-                "timestamp" => &mut f.times[0],
-                "originalTimestamp" => &mut f.times[1],
-                "sentAt" => &mut f.times[2],
-                "receivedAt" => &mut f.times[3],
-                "properties" => &mut f.properties,
-                "traits" => &mut f.traits,
-                "integrations" => &mut f.integrations,
-                "context" => {
-                    f.context = Some(map.next_value_seed(raw::ContextSeed)?);
-                    continue;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<Raw<'de>>()?);
+            if k == "context" {
+                f.context = Some(map.next_value_seed(raw::ContextSeed)?);
+            } else if let Some(slot) = f.slot(&k) {
+                *slot = Some(map.next_value::<Raw<'de>>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
         }
         Ok(f)
     }

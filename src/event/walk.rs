@@ -26,20 +26,7 @@ pub(super) fn fields(bytes: &[u8]) -> Option<Fields<'_>> {
     }
     let mut f = Fields::default();
     w.members(1, |w, key| {
-        let slot = match key {
-            "type" => &mut f.kind,
-            "messageId" => &mut f.message_id,
-            "userId" => &mut f.user_id,
-            "anonymousId" => &mut f.anonymous_id,
-            "previousId" => &mut f.previous_id,
-            "event" => &mut f.event,
-            "name" => &mut f.name,
-            "timestamp" => &mut f.times[0],
-            "originalTimestamp" => &mut f.times[1],
-            "sentAt" => &mut f.times[2],
-            "receivedAt" => &mut f.times[3],
-            "traits" => &mut f.traits,
-            "integrations" => &mut f.integrations,
+        match key {
             "properties" => {
                 // An order's members are read on the way when its `event` came first;
                 // otherwise validation reads them from the slice.
@@ -58,9 +45,12 @@ pub(super) fn fields(bytes: &[u8]) -> Option<Fields<'_>> {
                 f.context = Some(w.context()?);
                 return Some(());
             }
-            _ => return w.skip(1),
-        };
-        *slot = Some(w.raw(1)?);
+            _ => {}
+        }
+        match f.slot(key) {
+            Some(slot) => *slot = Some(w.raw(1)?),
+            None => w.skip(1)?,
+        }
         Some(())
     })?;
     w.ws();
