@@ -29,9 +29,9 @@ mod walk;
 /// one (from a slice it has validated as a whole JSON value), so the text is always valid JSON
 /// and a destination can embed it as is.
 ///
-/// Not `serde_json`'s `&RawValue` because the event pass also cuts slices out of the record
-/// itself (an object whose members it has read, see [`Order`]), and serde_json makes a
-/// `&RawValue` only by parsing the text again.
+/// Not `serde_json`'s `&RawValue` because the event pass cuts its slices out of the record
+/// itself (the walk validates as it goes), and serde_json makes a `&RawValue` only by parsing
+/// the text again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Raw<'a>(&'a str);
 

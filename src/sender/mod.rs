@@ -973,15 +973,18 @@ impl LaneCache {
     }
 }
 
-/// A header value: a borrowed one is used in place (no copy), an owned one without copying
-/// its bytes; `None` when it holds bytes HTTP does not allow (control characters).
+/// A header value: a borrowed visible-ASCII one is used in place (no copy), an owned one
+/// without copying its bytes; `None` when it holds bytes HTTP does not allow (control
+/// characters).
 fn header_value(v: Cow<'static, str>) -> Option<reqwest::header::HeaderValue> {
+    use reqwest::header::HeaderValue;
     match v {
-        Cow::Borrowed(s) => s
-            .bytes()
-            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-            .then(|| reqwest::header::HeaderValue::from_static(s)),
-        Cow::Owned(s) => reqwest::header::HeaderValue::try_from(s).ok(),
+        // Exactly what `from_static` accepts (it panics on anything else).
+        Cow::Borrowed(s) if s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => {
+            Some(HeaderValue::from_static(s))
+        }
+        Cow::Borrowed(s) => HeaderValue::from_str(s).ok(),
+        Cow::Owned(s) => HeaderValue::try_from(s).ok(),
     }
 }
 
@@ -1090,6 +1093,24 @@ impl Intake for SendIntake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_never_panic_and_refuse_control_characters() {
+        for (v, ok) in [
+            ("application/json", true),
+            ("caf\u{e9}", true),
+            ("a\tb", true),
+            ("a\u{1}b", false),
+            ("a\u{7f}", false),
+        ] {
+            assert_eq!(header_value(Cow::Borrowed(v)).is_some(), ok, "{v:?}");
+            assert_eq!(
+                header_value(Cow::Owned(v.to_string())).is_some(),
+                ok,
+                "{v:?}"
+            );
+        }
+    }
 
     #[test]
     fn url_cache_gives_what_a_parse_gives() {
