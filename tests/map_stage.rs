@@ -440,8 +440,11 @@ fn a_repeated_message_id_is_delivered_once_and_a_replay_delivers_again() {
 }
 
 /// The broker gone while the map stage's producer queue is full, then SIGTERM (the token): the
-/// stage stops within its drain bound (3 s with the 6 s session here) instead of waiting for
-/// room in the queue forever; what it could not hand on is not committed, so it is read again.
+/// stage stops within its bounds (the 3 s drain with the 6 s session here, 5 s for the final
+/// commit, which cannot be answered, at most 5 s for closing the consumer, which can wait for
+/// commits queued for the missing coordinator until it is back, and the 5 s final flush: 13 to
+/// 18 s) instead of waiting for room in the queue forever or for the broker's return; what it
+/// could not hand on is not committed, so it is read again.
 #[test]
 fn stopping_during_a_broker_outage_with_a_full_producer_queue_ends() {
     let kafka = cluster();

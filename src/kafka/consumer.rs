@@ -18,7 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -215,21 +215,20 @@ impl StageConsumer {
             held: false,
             dirty: true,
             hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            commits: 0,
         };
         let result = lp.poll_until(&mut intake, &lanes, shutdown);
         drop(lp);
         drop(lanes);
         let ctx = self.consumer.context();
-        let mut closing = ctx.finish_and_commit(&self.consumer, None);
-        for _ in 0..FINAL_COMMIT_TRIES {
-            if closing.is_ok() {
-                break;
-            }
-            // A group in the middle of a rebalance refuses commits: let it proceed (its revoke
-            // callback commits what is finished), then try again.
-            let _ = self.consumer.poll(Duration::from_millis(200));
-            closing = ctx.commit(&self.consumer, None, CommitMode::Sync);
+        ctx.wait_for_work(None);
+        if !self.exactly_once {
+            // From here a revoke (the session expiring while the coordinator is gone, or the
+            // group rebalancing) neither waits for work again nor commits: the final commit
+            // below does. (In exactly-once mode a revoke still commits the open transaction.)
+            ctx.closing.store(true, Ordering::Relaxed);
         }
+        let closing = ctx.commit(&self.consumer, None, CommitMode::Sync, true);
         if let Err(e) = &closing {
             // Nothing is lost: what was not committed is read again by the next owner.
             tracing::warn!(group = %ctx.group, error = %format!("{e:#}"),
@@ -237,7 +236,34 @@ impl StageConsumer {
         }
         ctx.closing.store(true, Ordering::Relaxed);
         self.consumer.unsubscribe();
+        let group = ctx.group.clone();
+        close_bounded(self.consumer, &group);
         result
+    }
+}
+
+/// How long a stopping stage waits for librdkafka to close its consumer (leave the group,
+/// answer what is still queued for the coordinator).
+const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
+/// Close (drop) the consumer, waiting at most `CLOSE_BOUND`. Closing waits for every commit
+/// still queued for the group coordinator, so with the broker gone (commits made during the
+/// outage wait for it) it lasts as long as the outage. Past the bound the consumer finishes
+/// closing on a thread of its own (or never, when the process exits first) and the stage goes
+/// on stopping: the group drops this member when its session times out, and the next owner
+/// reads again from the last commit that made it.
+fn close_bounded(consumer: BaseConsumer<TrackingContext>, group: &str) {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let closer = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    // Should the thread not start, the consumer was dropped (closed) here already.
+    if closer.is_ok() && closed_rx.recv_timeout(CLOSE_BOUND).is_err() {
+        tracing::warn!(group, bound = ?CLOSE_BOUND,
+            "the consumer did not close in time (the group coordinator is unreachable); leaving it to close in the background");
     }
 }
 
@@ -270,10 +296,26 @@ struct Loop<'a, J> {
     /// Pause state must be recomputed.
     dirty: bool,
     hasher: ahash::RandomState,
+    /// Periodic commits made (every `RESEND_EVERY`th sends every partition again).
+    commits: u32,
 }
 
-/// Final commits tried again (after letting a rebalance in progress proceed) before giving up.
-const FINAL_COMMIT_TRIES: usize = 5;
+/// How long a revoke or a stop keeps trying to commit what is finished. librdkafka's
+/// synchronous commit has no time bound of its own: with the group coordinator gone (a broker
+/// outage) it waits until the session times out (45 s by default), and an asynchronous commit
+/// still waiting for the coordinator holds up closing the consumer, which made a stop during
+/// an outage take minutes.
+const COMMIT_BOUND: Duration = Duration::from_secs(5);
+
+/// Pause before a refused commit is tried again (a rebalance in progress refuses commits; the
+/// poll in between lets it proceed).
+const COMMIT_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Every this many periodic commits, every partition's committable offset is sent again, not
+/// only those that moved. librdkafka reports nothing back for a manual asynchronous commit
+/// (no commit callback is called for it), so a commit lost in a rebalance or an outage is
+/// otherwise only repeated once its partition moves on.
+const RESEND_EVERY: u32 = 10;
 
 /// How often the loop retries stashed records, wakes due partitions and checks the in-flight
 /// bound when nothing else happens.
@@ -514,14 +556,16 @@ impl<J> Loop<'_, J> {
         }
     }
 
-    fn commit_periodically(&self) -> Result<()> {
+    fn commit_periodically(&mut self) -> Result<()> {
         let consumer = &self.c.consumer;
         let ctx = consumer.context();
         if self.c.exactly_once {
             // A transaction covers everything read: wait for it all (bounded), then commit.
             return ctx.finish_and_commit(consumer, None);
         }
-        if let Err(e) = ctx.commit(consumer, None, CommitMode::Async) {
+        self.commits = self.commits.wrapping_add(1);
+        let resend = self.commits.is_multiple_of(RESEND_EVERY);
+        if let Err(e) = ctx.commit(consumer, None, CommitMode::Async, resend) {
             tracing::warn!(group = %ctx.group, error = %e, "periodic commit failed; will retry");
         }
         Ok(())
@@ -579,14 +623,6 @@ impl ConsumerContext for TrackingContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        // An asynchronous commit that failed (e.g. during a rebalance) is retried next time.
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "commit failed; will retry");
-            self.progress.with(|t| t.uncommit(offsets));
-        }
-    }
-
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
@@ -614,6 +650,12 @@ impl TrackingContext {
         consumer: &BaseConsumer<Self>,
         only: Option<&TopicPartitionList>,
     ) -> Result<()> {
+        self.wait_for_work(only);
+        self.commit(consumer, only, CommitMode::Sync, true)
+    }
+
+    /// Wait, up to the drain bound, for the work in progress of `only` (or everywhere) to finish.
+    fn wait_for_work(&self, only: Option<&TopicPartitionList>) {
         // A transaction covers every partition, so it waits for all work.
         let wait_for = if self.transactional.is_some() {
             None
@@ -629,16 +671,18 @@ impl TrackingContext {
             tracing::warn!(group = %self.group, timeout = ?self.drain_timeout,
                 "work in progress did not finish in time; committing what is done");
         }
-        self.commit(consumer, only, CommitMode::Sync)
     }
 
-    /// Commit what is finished: a plain commit, or the open transaction in exactly-once mode
-    /// (which needs every dispatched record finished: callers wait first).
+    /// Commit what is finished: a plain commit (`Sync` ones bounded by `COMMIT_BOUND`), or the
+    /// open transaction in exactly-once mode (which needs every dispatched record finished:
+    /// callers wait first). `all` sends every partition's offset, not only those that moved
+    /// since the last commit.
     fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
         only: Option<&TopicPartitionList>,
         mode: CommitMode,
+        all: bool,
     ) -> Result<()> {
         if let Some(txn) = &self.transactional {
             let meta = consumer
@@ -651,21 +695,53 @@ impl TrackingContext {
             // on brokers whose TxnOffsetCommit does not store offsets (librdkafka's mock
             // cluster: a crash between the two calls there repeats one transaction).
             if let Some(tpl) = offsets {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "plain commit after the transaction failed");
+                if let Err(e) = commit_bounded(consumer, &tpl) {
+                    tracing::warn!(error = %format!("{e:#}"), "plain commit after the transaction failed");
                 }
             }
             return Ok(());
         }
-        let force = matches!(mode, CommitMode::Sync);
-        let Some(tpl) = self.progress.with(|t| t.take_commits(only, force)) else {
+        let Some(tpl) = self.progress.with(|t| t.take_commits(only, all)) else {
             return Ok(());
         };
-        if let Err(e) = consumer.commit(&tpl, mode) {
+        let sent = match mode {
+            CommitMode::Async => consumer
+                .commit(&tpl, mode)
+                .map_err(|e| anyhow!("committing offsets: {e}")),
+            CommitMode::Sync => commit_bounded(consumer, &tpl),
+        };
+        if sent.is_err() {
             self.progress.with(|t| t.uncommit(&tpl));
-            return Err(anyhow!("committing offsets: {e}"));
         }
-        Ok(())
+        sent
+    }
+}
+
+/// A synchronous commit of `tpl` that gives up after `COMMIT_BOUND`. Reading the group's
+/// committed offsets first (a request librdkafka bounds by a timeout) finds out whether the
+/// coordinator answers at all, so the commit itself is only sent when it can be answered, and
+/// nothing is left queued for the coordinator to hold up closing the consumer. A refused commit
+/// (a rebalance in progress) is tried again within the bound.
+fn commit_bounded<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+) -> Result<()> {
+    let deadline = Instant::now() + COMMIT_BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = consumer.committed_offsets(tpl.clone(), left) {
+            return Err(anyhow!(
+                "the group coordinator did not answer within {COMMIT_BOUND:?}: {e}"
+            ));
+        }
+        match consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + COMMIT_RETRY_PAUSE < deadline => {
+                tracing::debug!(error = %e, "commit refused; trying again");
+                let _ = consumer.poll(COMMIT_RETRY_PAUSE);
+            }
+            Err(e) => return Err(anyhow!("committing offsets: {e}")),
+        }
     }
 }
 
