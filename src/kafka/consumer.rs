@@ -695,7 +695,7 @@ impl TrackingContext {
             // on brokers whose TxnOffsetCommit does not store offsets (librdkafka's mock
             // cluster: a crash between the two calls there repeats one transaction).
             if let Some(tpl) = offsets {
-                if let Err(e) = commit_bounded(consumer, &tpl) {
+                if let Err(e) = commit_bounded(consumer, &tpl, false) {
                     tracing::warn!(error = %format!("{e:#}"), "plain commit after the transaction failed");
                 }
             }
@@ -708,7 +708,13 @@ impl TrackingContext {
             CommitMode::Async => consumer
                 .commit(&tpl, mode)
                 .map_err(|e| anyhow!("committing offsets: {e}")),
-            CommitMode::Sync => commit_bounded(consumer, &tpl),
+            // Only the stop's final commit may poll between tries: it runs on the poll loop's
+            // thread after the loop (nothing polled then is dispatched or committed past). A
+            // revoke callback must not poll, and neither may the loop itself mid-stream: a
+            // record polled there and dropped would be committed past.
+            CommitMode::Sync => {
+                commit_bounded(consumer, &tpl, self.closing.load(Ordering::Relaxed))
+            }
         };
         if sent.is_err() {
             self.progress.with(|t| t.uncommit(&tpl));
@@ -720,11 +726,13 @@ impl TrackingContext {
 /// A synchronous commit of `tpl` that gives up after `COMMIT_BOUND`. Reading the group's
 /// committed offsets first (a request librdkafka bounds by a timeout) finds out whether the
 /// coordinator answers at all, so the commit itself is only sent when it can be answered, and
-/// nothing is left queued for the coordinator to hold up closing the consumer. A refused commit
-/// (a rebalance in progress) is tried again within the bound.
+/// nothing is left queued for the coordinator to hold up closing the consumer. With `retry`, a
+/// refused commit (a rebalance in progress) is tried again within the bound after polling the
+/// consumer to let the rebalance proceed, which throws away any record that poll returns.
 fn commit_bounded<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     tpl: &TopicPartitionList,
+    retry: bool,
 ) -> Result<()> {
     let deadline = Instant::now() + COMMIT_BOUND;
     loop {
@@ -736,7 +744,7 @@ fn commit_bounded<C: ConsumerContext>(
         }
         match consumer.commit(tpl, CommitMode::Sync) {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() + COMMIT_RETRY_PAUSE < deadline => {
+            Err(e) if retry && Instant::now() + COMMIT_RETRY_PAUSE < deadline => {
                 tracing::debug!(error = %e, "commit refused; trying again");
                 let _ = consumer.poll(COMMIT_RETRY_PAUSE);
             }
