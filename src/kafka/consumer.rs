@@ -221,20 +221,22 @@ impl StageConsumer {
         drop(lp);
         drop(lanes);
         let ctx = self.consumer.context();
-        ctx.wait_for_work(None);
-        if !self.exactly_once {
-            // From here a revoke (the session expiring while the coordinator is gone, or the
-            // group rebalancing) neither waits for work again nor commits: the final commit
-            // below does. (In exactly-once mode a revoke still commits the open transaction.)
-            ctx.closing.store(true, Ordering::Relaxed);
+        // Nothing more is dispatched: stop fetching, so the polls between final commit tries
+        // wait instead of returning records that would only be thrown away.
+        if let Ok(assigned) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assigned);
         }
+        ctx.wait_for_work(None);
+        // From here a revoke (the session expiring while the coordinator is gone, the group
+        // rebalancing, closing the consumer) neither waits for work again nor commits: the
+        // final commit below does.
+        ctx.closing.store(true, Ordering::Relaxed);
         let closing = ctx.commit(&self.consumer, None, CommitMode::Sync, true);
         if let Err(e) = &closing {
             // Nothing is lost: what was not committed is read again by the next owner.
             tracing::warn!(group = %ctx.group, error = %format!("{e:#}"),
                 "final commit failed; the next owner re-reads from the last commit");
         }
-        ctx.closing.store(true, Ordering::Relaxed);
         self.consumer.unsubscribe();
         let group = ctx.group.clone();
         close_bounded(self.consumer, &group);
@@ -247,11 +249,13 @@ impl StageConsumer {
 const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 /// Close (drop) the consumer, waiting at most `CLOSE_BOUND`. Closing waits for every commit
-/// still queued for the group coordinator, so with the broker gone (commits made during the
-/// outage wait for it) it lasts as long as the outage. Past the bound the consumer finishes
-/// closing on a thread of its own (or never, when the process exits first) and the stage goes
-/// on stopping: the group drops this member when its session times out, and the next owner
-/// reads again from the last commit that made it.
+/// still held for the group coordinator: with the broker gone, until they expire
+/// (`session.timeout.ms` after they were held, 45 s by default) or the broker is back, and a
+/// request on a connection that hangs waits up to `socket.timeout.ms` (60 s). Past the bound
+/// the consumer finishes closing on a thread of its own (or never, when the process exits
+/// first; its revoke callback then only reports to the observer) and the stage goes on
+/// stopping: the group drops this member when its session times out, and the next owner reads
+/// again from the last commit that made it.
 fn close_bounded(consumer: BaseConsumer<TrackingContext>, group: &str) {
     let (closed_tx, closed_rx) = std::sync::mpsc::channel();
     let closer = std::thread::Builder::new()
@@ -261,9 +265,16 @@ fn close_bounded(consumer: BaseConsumer<TrackingContext>, group: &str) {
             let _ = closed_tx.send(());
         });
     // Should the thread not start, the consumer was dropped (closed) here already.
-    if closer.is_ok() && closed_rx.recv_timeout(CLOSE_BOUND).is_err() {
-        tracing::warn!(group, bound = ?CLOSE_BOUND,
-            "the consumer did not close in time (the group coordinator is unreachable); leaving it to close in the background");
+    if closer.is_ok() {
+        match closed_rx.recv_timeout(CLOSE_BOUND) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(group,
+                bound = ?CLOSE_BOUND,
+                "the consumer did not close in time (the group coordinator is unreachable); leaving it to close in the background"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::warn!(group, "closing the consumer panicked")
+            }
+        }
     }
 }
 
@@ -300,11 +311,12 @@ struct Loop<'a, J> {
     commits: u32,
 }
 
-/// How long a revoke or a stop keeps trying to commit what is finished. librdkafka's
-/// synchronous commit has no time bound of its own: with the group coordinator gone (a broker
-/// outage) it waits until the session times out (45 s by default), and an asynchronous commit
-/// still waiting for the coordinator holds up closing the consumer, which made a stop during
-/// an outage take minutes.
+/// How long a revoke or a stop keeps trying to commit what is finished (plain commits; in
+/// exactly-once mode the transaction's own 30 s timeouts apply). librdkafka's synchronous
+/// commit has no time bound of its own: with the group coordinator gone (a broker outage) it
+/// waits until the session times out (45 s by default), once per try, and closing the consumer
+/// waits for commits still held for the coordinator: a stop during an outage took over a
+/// minute.
 const COMMIT_BOUND: Duration = Duration::from_secs(5);
 
 /// Pause before a refused commit is tried again (a rebalance in progress refuses commits; the
@@ -589,8 +601,9 @@ pub struct TrackingContext {
     group: String,
     drain_timeout: Duration,
     transactional: Option<Arc<dyn Transactional>>,
-    /// Set once the final commit is done: the revoke that closing the consumer triggers then
-    /// neither waits nor commits again.
+    /// Set once a stopping consumer has waited for its work: a revoke from then on (the
+    /// session expiring, a rebalance, closing the consumer) neither waits nor commits, since
+    /// the stop's final commit does; and that final commit may poll between tries.
     closing: AtomicBool,
     /// Set on every assignment: the poll loop forgets the pauses it made.
     rebalanced: AtomicBool,
@@ -694,9 +707,12 @@ impl TrackingContext {
             // plain way changes nothing on Kafka, and is what makes a restart resume from them
             // on brokers whose TxnOffsetCommit does not store offsets (librdkafka's mock
             // cluster: a crash between the two calls there repeats one transaction).
+            // (The coordinator has just answered the transaction's offsets, so this commit is
+            // not first checked the way `commit_bounded` checks: reading offsets back right
+            // after a transaction can be answered "unstable" and retried for a while.)
             if let Some(tpl) = offsets {
-                if let Err(e) = commit_bounded(consumer, &tpl, false) {
-                    tracing::warn!(error = %format!("{e:#}"), "plain commit after the transaction failed");
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "plain commit after the transaction failed");
                 }
             }
             return Ok(());
@@ -726,7 +742,9 @@ impl TrackingContext {
 /// A synchronous commit of `tpl` that gives up after `COMMIT_BOUND`. Reading the group's
 /// committed offsets first (a request librdkafka bounds by a timeout) finds out whether the
 /// coordinator answers at all, so the commit itself is only sent when it can be answered, and
-/// nothing is left queued for the coordinator to hold up closing the consumer. With `retry`, a
+/// nothing is left held for the coordinator to hold up closing the consumer. (Should the
+/// coordinator go in the moment between the two, the commit waits as librdkafka's does: the
+/// bound is for an outage, not for that race.) With `retry`, a
 /// refused commit (a rebalance in progress) is tried again within the bound after polling the
 /// consumer to let the rebalance proceed, which throws away any record that poll returns.
 fn commit_bounded<C: ConsumerContext>(
@@ -739,7 +757,7 @@ fn commit_bounded<C: ConsumerContext>(
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = consumer.committed_offsets(tpl.clone(), left) {
             return Err(anyhow!(
-                "the group coordinator did not answer within {COMMIT_BOUND:?}: {e}"
+                "reading the group's committed offsets (is the coordinator there?): {e}"
             ));
         }
         match consumer.commit(tpl, CommitMode::Sync) {
