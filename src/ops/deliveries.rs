@@ -203,8 +203,8 @@ impl DestinationLog {
     }
 
     /// Keep one attempt, displacing the oldest when the ring is full. Masking (by the caller)
-    /// and copying happen before the lock is taken and the displaced entry is freed after it is released,
-    /// so the lock is held for a push only.
+    /// and copying happen before the lock is taken, and the displaced entry is freed after it
+    /// is released, so the lock is held for a push only.
     pub fn record(&self, a: AttemptInput<'_>) {
         if self.kept == 0 {
             return;

@@ -939,9 +939,7 @@ impl UrlCache {
         }
         self.parsed.clone()
     }
-}
 
-impl UrlCache {
     /// `url` with credentials masked ([`mask_url`]), masked once while it repeats.
     fn masked(&mut self, url: &str) -> Arc<str> {
         if self.text != url {
